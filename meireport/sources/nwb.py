@@ -1,0 +1,447 @@
+"""Allen-format NWB session reader: units, stimulus tables and spike times, lazily, with h5py.
+
+Only the groups that are asked for are read: a real session file is 2-3 GB, mostly LFP and
+waveforms that this reader never touches. The file is opened read-only and nothing is written.
+Tables and numbering follow AllenSDK 2.16's ``EcephysSession``:
+
+- ``units`` is filtered as AllenSDK filters (``quality == "good"``, ``amplitude_cutoff <= 0.1``,
+  ``presence_ratio >= 0.95``, ``isi_violations <= 0.5``, peak channel valid and inside the brain);
+- ``stimulus_presentation_id`` is the row position once every ``intervals/*_presentations``
+  table is concatenated and sorted by ``start_time``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from meireport.errors import MeireportError
+from meireport.sources.cache import resolve_session
+from meireport.stimuli import ScreenGeometry
+
+__all__ = ["UnitFilter", "Session", "SpikeTimes", "open_session"]
+
+_ELECTRODES = "general/extracellular_ephys/electrodes"
+_SKIP_INTERVAL_COLUMNS = {"tags", "timeseries", "tags_index", "timeseries_index"}
+_NOT_IN_BRAIN = {"None", "", "nan"}
+
+
+@dataclass(frozen=True)
+class UnitFilter:
+    """Which units count as well isolated; the defaults are AllenSDK's.
+
+    Set a field to ``None`` to switch that criterion off; :meth:`none` switches all off.
+
+    Examples
+    --------
+    >>> UnitFilter().amplitude_cutoff_max
+    0.1
+    >>> UnitFilter.none().quality is None
+    True
+    """
+
+    quality: str | None = "good"
+    amplitude_cutoff_max: float | None = 0.1
+    presence_ratio_min: float | None = 0.95
+    isi_violations_max: float | None = 0.5
+    valid_channel: bool = True
+    in_brain: bool = True
+
+    @classmethod
+    def none(cls) -> UnitFilter:
+        """A filter that keeps every unit."""
+        return cls(None, None, None, None, False, False)
+
+    def with_(self, **changes) -> UnitFilter:
+        """Copy with some criteria changed."""
+        return replace(self, **changes)
+
+    def mask(self, units: pd.DataFrame) -> np.ndarray:
+        """Boolean mask of the rows of an (unfiltered) units table that pass."""
+        keep = np.ones(len(units), dtype=bool)
+        if self.quality is not None and "quality" in units:
+            keep &= (units["quality"] == self.quality).to_numpy()
+        for col, bound, op in (
+            ("amplitude_cutoff", self.amplitude_cutoff_max, np.less_equal),
+            ("presence_ratio", self.presence_ratio_min, np.greater_equal),
+            ("isi_violations", self.isi_violations_max, np.less_equal),
+        ):
+            if bound is not None and col in units:
+                keep &= op(units[col].to_numpy(dtype=float), bound)
+        if self.valid_channel and "peak_channel_valid" in units:
+            keep &= units["peak_channel_valid"].to_numpy(dtype=bool)
+        if self.in_brain:
+            keep &= units["ecephys_structure_acronym"].notna().to_numpy()
+        return keep
+
+
+def _decode(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in ("S", "O"):
+        return np.array(
+            [v.decode() if isinstance(v, bytes) else v for v in values.tolist()], dtype=object
+        )
+    return values
+
+
+def _read_dataset(ds: h5py.Dataset) -> np.ndarray:
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return np.asarray(ds.asstr()[()], dtype=object)
+    return _decode(np.asarray(ds[()]))
+
+
+def _table_columns(group: h5py.Group, skip: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Scalar (1-D, not ragged, not reference) columns of an NWB DynamicTable group."""
+    names = [
+        n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("colnames", [])
+    ]
+    ragged = {n[: -len("_index")] for n in group if n.endswith("_index")}
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in skip or name in ragged or name not in group:
+            continue
+        ds = group[name]
+        if (
+            not isinstance(ds, h5py.Dataset)
+            or ds.ndim != 1
+            or ds.dtype.kind == "O"
+            and (h5py.check_string_dtype(ds.dtype) is None)
+        ):
+            continue
+        out[name] = _read_dataset(ds)
+    return out
+
+
+class SpikeTimes(Mapping):
+    """Lazy mapping ``unit_id -> sorted float64 array of spike times (s)``.
+
+    Each unit's slice of the NWB ``units/spike_times`` vector is read on first access only.
+    """
+
+    def __init__(self, group: h5py.Group, row_of_unit: dict[int, int], session_id: int):
+        self._data = group["spike_times"]
+        self._end = np.asarray(group["spike_times_index"][()], dtype=np.int64)
+        self._row = row_of_unit
+        self._session_id = session_id
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, unit_id) -> np.ndarray:
+        uid = int(unit_id)
+        if uid not in self._row:
+            raise KeyError(f"unit_ids: {unit_id} not in session {self._session_id}")
+        if uid not in self._cache:
+            r = self._row[uid]
+            start = int(self._end[r - 1]) if r > 0 else 0
+            t = np.asarray(self._data[start : int(self._end[r])], dtype=np.float64)
+            if t.size > 1 and np.any(np.diff(t) < 0):
+                t = np.sort(t)
+            self._cache[uid] = t
+        return self._cache[uid]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._row)
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, unit_id) -> bool:
+        try:
+            return int(unit_id) in self._row
+        except (TypeError, ValueError):
+            return False
+
+    def n_spikes(self, unit_id) -> int:
+        """Number of spikes of a unit without reading its spike times."""
+        r = self._row[int(unit_id)]
+        return int(self._end[r] - (self._end[r - 1] if r > 0 else 0))
+
+
+def _numeric_or_object(col: pd.Series) -> pd.Series:
+    """Convert an object column to float when every non-empty value is a number."""
+    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return col
+    vals = col.astype(object).replace("", np.nan)
+    try:
+        return pd.to_numeric(vals, errors="raise")
+    except (ValueError, TypeError):
+        return col
+
+
+class Session:
+    """One Allen-format recording session, read lazily from its NWB file.
+
+    Use :func:`open_session` to create one. Use it as a context manager, or call
+    :meth:`close`, to release the file.
+
+    Attributes
+    ----------
+    session_id : int
+    path : Path
+        The NWB file.
+    templates_dir : Path or None
+        Folder holding ``natural_scene_<k>.tiff``.
+    unit_filter : UnitFilter
+    """
+
+    def __init__(
+        self,
+        nwb_path: Path,
+        templates_dir: Path | None = None,
+        unit_filter: UnitFilter | None = None,
+        session_id: int | None = None,
+    ):
+        self.path = Path(nwb_path)
+        self.templates_dir = templates_dir
+        self.unit_filter = unit_filter if unit_filter is not None else UnitFilter()
+        if not h5py.is_hdf5(self.path):
+            raise MeireportError(f"path: {self.path} is not an NWB (HDF5) file")
+        self._file = h5py.File(self.path, "r")
+        if "units" not in self._file or "spike_times" not in self._file["units"]:
+            self._file.close()
+            raise MeireportError(
+                f"{self.path} has no units table with spike_times; expected an Allen-format NWB"
+            )
+        self.session_id = session_id if session_id is not None else self._read_session_id()
+
+    # -- life cycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the NWB file."""
+        if getattr(self, "_file", None) is not None and self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Session({self.session_id}, {self.path})"
+
+    # -- metadata ----------------------------------------------------------------------------
+    def _read_session_id(self) -> int:
+        ident = self._file.get("identifier")
+        if ident is not None:
+            text = ident.asstr()[()] if h5py.check_string_dtype(ident.dtype) else ident[()]
+            try:
+                return int(text)
+            except (TypeError, ValueError):
+                pass
+        stem = self.path.stem
+        digits = stem.removeprefix("session_")
+        if digits.isdigit():
+            return int(digits)
+        raise MeireportError(
+            f"{self.path}: cannot tell the session id (identifier is not an integer, "
+            "file is not named session_<id>.nwb); pass session_id"
+        )
+
+    @cached_property
+    def geometry(self) -> ScreenGeometry:
+        """Degree -> pixel mapping; from the file's notes if it carries one, else the default."""
+        notes = self._file.get("general/notes")
+        if notes is not None:
+            try:
+                meta = json.loads(notes.asstr()[()])
+                return ScreenGeometry.from_dict(meta["meireport_geometry"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        return ScreenGeometry()
+
+    # -- units -------------------------------------------------------------------------------
+    @cached_property
+    def channels(self) -> pd.DataFrame:
+        """Electrodes table: ``ecephys_structure_acronym`` (NaN outside the brain), validity."""
+        if _ELECTRODES not in self._file:
+            raise MeireportError(f"{self.path} has no electrodes table ({_ELECTRODES})")
+        grp = self._file[_ELECTRODES]
+        cols = _table_columns(grp, skip={"group"})
+        df = pd.DataFrame(cols, index=pd.Index(grp["id"][()].astype(np.int64), name="id"))
+        loc = df.pop("location") if "location" in df else pd.Series("", index=df.index)
+        df.insert(
+            0,
+            "ecephys_structure_acronym",
+            [np.nan if str(v) in _NOT_IN_BRAIN else str(v) for v in loc],
+        )
+        if "valid_data" in df:
+            df["valid_data"] = df["valid_data"].astype(bool)
+        return df
+
+    @cached_property
+    def all_units(self) -> pd.DataFrame:
+        """Every unit of the file with its metrics and peak-channel area, before filtering."""
+        grp = self._file["units"]
+        cols = _table_columns(grp, skip={"spike_times", "spike_amplitudes", "waveform_mean"})
+        ids = grp["id"][()].astype(np.int64)
+        df = pd.DataFrame(cols, index=pd.Index(ids, name="unit_id"))
+        if "peak_channel_id" in df:
+            ch = self.channels
+            peak = df["peak_channel_id"].astype(np.int64)
+            df["ecephys_structure_acronym"] = peak.map(ch["ecephys_structure_acronym"]).to_numpy()
+            valid = ch["valid_data"] if "valid_data" in ch else pd.Series(True, index=ch.index)
+            df["peak_channel_valid"] = peak.map(valid).fillna(False).astype(bool).to_numpy()
+            if "probe_id" in ch:
+                df["probe_id"] = peak.map(ch["probe_id"]).to_numpy()
+        else:
+            df["ecephys_structure_acronym"] = np.nan
+            df["peak_channel_valid"] = False
+        df["ecephys_structure_acronym"] = df["ecephys_structure_acronym"].astype(object)
+        return df
+
+    @cached_property
+    def units(self) -> pd.DataFrame:
+        """Units that pass :attr:`unit_filter`, indexed by ``unit_id``."""
+        return self.all_units[self.unit_filter.mask(self.all_units)]
+
+    @property
+    def areas(self) -> list[str]:
+        """Structure acronyms of the filtered units, sorted."""
+        return sorted(self.units["ecephys_structure_acronym"].dropna().unique().tolist())
+
+    def unit_ids(self, area: str | None = None) -> np.ndarray:
+        """Filtered unit ids, optionally only those in ``area``."""
+        u = self.units
+        if area is None:
+            return u.index.to_numpy()
+        if area not in set(u["ecephys_structure_acronym"].dropna()):
+            raise MeireportError(
+                f"area: '{area}' has no units in session {self.session_id}; "
+                f"available: {', '.join(self.areas) or 'none'}"
+            )
+        return u.index[u["ecephys_structure_acronym"] == area].to_numpy()
+
+    @cached_property
+    def spike_times(self) -> SpikeTimes:
+        """Mapping ``unit_id -> spike times`` for the filtered units, read lazily."""
+        all_ids = self._file["units/id"][()].astype(np.int64)
+        row = {int(u): i for i, u in enumerate(all_ids)}
+        return SpikeTimes(
+            self._file["units"], {int(u): row[int(u)] for u in self.units.index}, self.session_id
+        )
+
+    # -- stimuli -----------------------------------------------------------------------------
+    @cached_property
+    def stimulus_presentations(self) -> pd.DataFrame:
+        """All presentations, numbered as AllenSDK numbers them (``stimulus_presentation_id``)."""
+        if "intervals" not in self._file:
+            raise MeireportError(f"{self.path} has no intervals (stimulus tables)")
+        frames = []
+        for key, grp in self._file["intervals"].items():
+            if not key.endswith("_presentations") or not isinstance(grp, h5py.Group):
+                continue
+            df = pd.DataFrame(_table_columns(grp, skip=_SKIP_INTERVAL_COLUMNS))
+            if "stimulus_name" not in df:
+                df["stimulus_name"] = key.removesuffix("_presentations")
+            frames.append(df.replace({"N/A": ""}))
+        if not frames:
+            raise MeireportError(f"{self.path} has no intervals/*_presentations tables")
+        table = pd.concat(frames, ignore_index=True, sort=False)
+        table = table.sort_values("start_time", kind="stable").reset_index(drop=True)
+        table.index = table.index.astype(np.int64)
+        table.index.name = "stimulus_presentation_id"
+        return table[sorted(table.columns)]
+
+    @property
+    def stimulus_names(self) -> list[str]:
+        """Names of the stimuli presented in this session."""
+        return sorted(self.stimulus_presentations["stimulus_name"].unique().tolist())
+
+    def stimulus_table(self, name: str) -> pd.DataFrame:
+        """Presentations of one stimulus, with the columns that apply to it.
+
+        Empty columns are dropped, numeric text becomes float, ``duration`` is added.
+        """
+        sp = self.stimulus_presentations
+        if name not in set(sp["stimulus_name"]):
+            raise MeireportError(
+                f"stimulus: '{name}' not in session {self.session_id}; "
+                f"available: {', '.join(self.stimulus_names)}"
+            )
+        t = sp[sp["stimulus_name"] == name].copy()
+        empty = [c for c in t if t[c].isna().all() or (t[c].astype(str) == "").all()]
+        t = t.drop(columns=empty)
+        for c in t.columns:
+            t[c] = _numeric_or_object(t[c])
+        t["duration"] = t["stop_time"] - t["start_time"]
+        front = ["start_time", "stop_time", "duration", "stimulus_name", "stimulus_block"]
+        front = [c for c in front if c in t]
+        return t[front + [c for c in t.columns if c not in front]]
+
+    def _read_template(self, k: int) -> np.ndarray:
+        import tifffile
+
+        if self.templates_dir is None:
+            raise MeireportError(
+                f"session {self.session_id} has no natural_scene_templates folder beside "
+                f"{self.path}; expected <cache>/natural_scene_templates/natural_scene_<k>.tiff"
+            )
+        f = Path(self.templates_dir) / f"natural_scene_{int(k)}.tiff"
+        if not f.is_file():
+            raise MeireportError(f"natural_scene: {f} does not exist (frame {k})")
+        return np.asarray(tifffile.imread(f))
+
+    def natural_scene(self, k: int) -> np.ndarray:
+        """The ``k``-th natural-scene template as a 2-D float array (raw pixel values, grey)."""
+        img = self._read_template(k)
+        if img.ndim == 3:
+            img = img[..., :3].mean(axis=-1)
+        return img.astype(np.float64)
+
+    def model_images(self, frames, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Natural scenes ``frames`` as model input (``n x rows x cols`` in [0, 1]).
+
+        The blank frame (-1) is mean grey (0.5). Integer templates are scaled by their dtype's
+        maximum (255 for Allen's 8-bit templates).
+        """
+        from meireport.stimuli import prepare_image
+
+        shape = tuple(shape) if shape is not None else self.geometry.shape
+        out = np.empty((len(frames), *shape))
+        for i, k in enumerate(frames):
+            if int(k) == -1:
+                out[i] = 0.5
+                continue
+            raw = self._read_template(int(k))
+            vmax = float(np.iinfo(raw.dtype).max) if raw.dtype.kind in "ui" else None
+            out[i] = prepare_image(raw, shape, vmax)
+        return out
+
+
+def open_session(
+    path, session_id: int | None = None, unit_filter: UnitFilter | None = None
+) -> Session:
+    """Open a session from an AllenSDK cache folder or a bare Allen-format ``.nwb`` file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Cache folder (``<cache>/session_<id>/session_<id>.nwb``) or ``.nwb`` file.
+    session_id : int, optional
+        Which session of the cache (needed when it holds several).
+    unit_filter : UnitFilter, optional
+        Unit quality criteria; AllenSDK's defaults when omitted.
+
+    Returns
+    -------
+    Session
+
+    Examples
+    --------
+    >>> from meireport.sources import simulate_session, open_session
+    >>> import tempfile
+    >>> out = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1)
+    >>> with open_session(out.cache_dir) as s:
+    ...     "natural_scenes" in s.stimulus_names
+    True
+    """
+    nwb, templates = resolve_session(path, session_id)
+    return Session(nwb, templates, unit_filter, session_id)

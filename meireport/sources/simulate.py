@@ -1,0 +1,995 @@
+"""The embedded default session: a simulated Allen-format Neuropixels session with ground truth.
+
+Units of four kinds live in several areas: ``simple`` cells (rectified linear Gabor receptive
+field), ``complex`` cells (energy model: a quadrature pair of Gabors), ``untuned`` units (rate
+independent of the image) and ``poor`` units (tuned, but failing the quality filter). Their rates
+are computed on the image *as the model sees it* (:func:`meireport.stimuli.prepare_image`, 60 x 96,
+[0, 1]); spikes are Poisson with a per-unit latency. Stimuli follow the Allen session the seed
+study used: ``natural_scenes`` (118 images + blank frame -1, 50 repeats, 250 ms, several blocks)
+and ``gabors`` (3 orientations x 9 x 9 positions x 15 repeats, drifting at 4 Hz, 250 ms).
+
+:func:`true_rate` is the exact expected rate of every simulated unit for any image stack: show it
+an MEI or a Gabor and the true neuron answers (the in-silico inception loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
+
+from meireport.errors import MeireportError
+from meireport.stimuli import ScreenGeometry, prepare_image, render_gabor
+
+__all__ = [
+    "simulate_session",
+    "SimulatedSession",
+    "GroundTruth",
+    "load_ground_truth",
+    "true_rate",
+    "natural_images",
+    "DEFAULT_SESSION_ID",
+    "TEMPLATE_SHAPE",
+]
+
+DEFAULT_SESSION_ID = 700000001
+TEMPLATE_SHAPE = (120, 192)  # stored templates; the model sees them at 60 x 96
+IMAGE_SEED = 20191105  # natural images depend only on their index: caches share templates
+SIM_VERSION = "1"
+
+# Photographs that ship inside scikit-image's data folder (no download).
+_PHOTOS = (
+    "astronaut.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "brick.png",
+    "moon.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "clock_motion.png",
+    "ihc.png",
+    "cell.png",
+    "page.png",
+    "text.png",
+    "microaneurysms.png",
+)
+
+# Default population: area -> (simple, complex, untuned, poor)
+DEFAULT_POPULATION: dict[str, tuple[int, int, int, int]] = {
+    "VISam": (24, 16, 14, 8),
+    "VISp": (14, 10, 8, 6),
+    "CA1": (0, 0, 10, 2),
+}
+_PROBE_OF_AREA = {"VISam": "probeA", "VISp": "probeB", "CA1": "probeB"}
+_CHANNELS_PER_PROBE = 48
+
+GABOR_ORIENTATIONS = (0.0, 45.0, 90.0)
+GABOR_POSITIONS = tuple(float(v) for v in range(-40, 41, 10))
+GABOR_SF = 0.08
+GABOR_SIZE = 20.0
+GABOR_CONTRAST = 0.8
+GABOR_TF = 4.0
+GABOR_REPEATS = 15
+PRESENTATION_S = 0.25
+N_DRIFT_PHASES = 8
+
+
+# --------------------------------------------------------------------------------------------
+# ground truth
+# --------------------------------------------------------------------------------------------
+@dataclass
+class GroundTruth:
+    """What the simulator knows about each unit (arrays aligned on ``unit_id``).
+
+    Attributes
+    ----------
+    unit_id : ndarray of int64
+    kind : ndarray of str
+        ``simple``, ``complex``, ``untuned`` or ``poor`` (poor units are tuned simple cells that
+        fail the quality filter).
+    area : ndarray of str
+        Intended structure of the unit.
+    rf_even, rf_odd : ndarray, units x rows x cols
+        Receptive fields in model pixel space (unit L2 norm; ``rf_odd`` is zero but for complex
+        cells, both zero for untuned units).
+    gain, baseline : ndarray
+        ``rate = baseline + gain * drive`` in spikes/s.
+    latency : ndarray
+        Response latency in seconds.
+    rf_params : dict of ndarray
+        Gabor parameters of each RF: ``x_deg``, ``y_deg``, ``orientation_deg``, ``sf_cpd``,
+        ``sigma_deg``, ``phase``.
+    geometry : ScreenGeometry
+    """
+
+    unit_id: np.ndarray
+    kind: np.ndarray
+    area: np.ndarray
+    rf_even: np.ndarray
+    rf_odd: np.ndarray
+    gain: np.ndarray
+    baseline: np.ndarray
+    latency: np.ndarray
+    rf_params: dict[str, np.ndarray]
+    geometry: ScreenGeometry
+    meta: dict = field(default_factory=dict)
+
+    def index_of(self, unit_ids) -> np.ndarray:
+        """Row positions of ``unit_ids`` in the truth arrays."""
+        pos = {int(u): i for i, u in enumerate(self.unit_id)}
+        missing = [u for u in np.atleast_1d(unit_ids) if int(u) not in pos]
+        if missing:
+            raise MeireportError(f"unit_ids: {missing[:5]} not in the ground truth")
+        return np.array([pos[int(u)] for u in np.atleast_1d(unit_ids)], dtype=np.int64)
+
+    def save(self, folder: Path) -> None:
+        """Write ``ground_truth.npz`` and ``ground_truth.json`` into ``folder``."""
+        arrays = {
+            "unit_id": self.unit_id,
+            "kind": self.kind.astype("U16"),
+            "area": self.area.astype("U16"),
+            "rf_even": self.rf_even.astype(np.float32),
+            "rf_odd": self.rf_odd.astype(np.float32),
+            "gain": self.gain,
+            "baseline": self.baseline,
+            "latency": self.latency,
+            "deg_per_px": np.float64(self.geometry.deg_per_px),
+            "image_shape": np.asarray(self.geometry.shape, dtype=np.int64),
+        } | {f"rf_{k}": v for k, v in self.rf_params.items()}
+        np.savez_compressed(folder / "ground_truth.npz", **arrays)
+        kinds, counts = np.unique(self.kind, return_counts=True)
+        desc = {
+            "description": "Ground truth of a meireport simulated session. rate(image) = "
+            "baseline + gain * drive; simple/poor: drive = max(0, <rf_even, x - 0.5>); complex: "
+            "drive = sqrt(<rf_even, x - 0.5>^2 + <rf_odd, x - 0.5>^2); untuned: drive = 0. x is "
+            "the image in model space (rows x cols, [0, 1]). Use meireport.sources.true_rate.",
+            "fields": {
+                "unit_id": "unit ids as in the NWB units table",
+                "kind": "simple | complex | untuned | poor (tuned simple cell failing QC)",
+                "area": "structure acronym the unit was placed in",
+                "rf_even/rf_odd": "units x rows x cols receptive fields (unit L2 norm)",
+                "gain": "spikes/s per unit drive",
+                "baseline": "spikes/s",
+                "latency": "s from stimulus onset",
+                "rf_x_deg/rf_y_deg": "RF centre in visual degrees (+y up)",
+                "rf_orientation_deg/rf_sf_cpd/rf_sigma_deg/rf_phase": "RF Gabor parameters",
+                "deg_per_px/image_shape": "degree -> model pixel mapping",
+            },
+            "kinds": {str(k): int(c) for k, c in zip(kinds, counts, strict=True)},
+            "geometry": self.geometry.to_dict(),
+        } | self.meta
+        (folder / "ground_truth.json").write_text(json.dumps(desc, indent=2))
+
+
+def load_ground_truth(path) -> GroundTruth:
+    """Read a simulated session's ground truth (``ground_truth.npz`` or the folder holding it).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1)
+    >>> truth = load_ground_truth(out.truth_path)
+    >>> sorted(set(truth.kind.tolist()))
+    ['complex', 'poor', 'simple', 'untuned']
+    """
+    p = Path(path)
+    p = p / "ground_truth.npz" if p.is_dir() else p
+    if not p.is_file():
+        raise MeireportError(f"ground truth: {p} does not exist (only simulated sessions have one)")
+    with np.load(p, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    meta_file = p.with_suffix(".json")
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    geom = ScreenGeometry(float(d["deg_per_px"]), tuple(int(s) for s in d["image_shape"]))
+    rf_keys = ("x_deg", "y_deg", "orientation_deg", "sf_cpd", "sigma_deg", "phase")
+    return GroundTruth(
+        unit_id=d["unit_id"].astype(np.int64),
+        kind=d["kind"].astype(str),
+        area=d["area"].astype(str),
+        rf_even=d["rf_even"].astype(np.float64),
+        rf_odd=d["rf_odd"].astype(np.float64),
+        gain=d["gain"],
+        baseline=d["baseline"],
+        latency=d["latency"],
+        rf_params={k: d[f"rf_{k}"] for k in rf_keys},
+        geometry=geom,
+        meta={k: v for k, v in meta.items() if k in ("seed", "n_images", "n_repeats")},
+    )
+
+
+def _drive(truth: GroundTruth, images: np.ndarray) -> np.ndarray:
+    x = images.reshape(images.shape[0], -1) - 0.5
+    even = x @ truth.rf_even.reshape(len(truth.unit_id), -1).T
+    odd = x @ truth.rf_odd.reshape(len(truth.unit_id), -1).T
+    kind = truth.kind[None, :]
+    drive = np.where(kind == "complex", np.sqrt(even**2 + odd**2), np.maximum(even, 0.0))
+    return np.where(kind == "untuned", 0.0, drive)
+
+
+def true_rate(truth: GroundTruth, images, unit_ids=None) -> np.ndarray:
+    """Exact expected firing rate (spikes/s) of the simulated units for any image stack.
+
+    Parameters
+    ----------
+    truth : GroundTruth
+        From :func:`load_ground_truth` or :attr:`SimulatedSession.truth`.
+    images : array_like
+        ``n x rows x cols`` (or one ``rows x cols`` image) in model space, values in [0, 1].
+    unit_ids : sequence of int, optional
+        Units to return (default: all, in ``truth.unit_id`` order).
+
+    Returns
+    -------
+    ndarray
+        ``units x images`` rates in spikes/s.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1)
+    >>> grey = np.full((1, 60, 96), 0.5)
+    >>> bool(np.allclose(true_rate(out.truth, grey)[:, 0], out.truth.baseline))
+    True
+    """
+    imgs = np.asarray(images, dtype=np.float64)
+    if imgs.ndim == 2:
+        imgs = imgs[None]
+    if imgs.ndim != 3 or imgs.shape[1:] != tuple(truth.geometry.shape):
+        raise MeireportError(
+            f"images: expected n x {truth.geometry.shape[0]} x {truth.geometry.shape[1]}, "
+            f"got shape {imgs.shape}"
+        )
+    rate = truth.baseline[None, :] + truth.gain[None, :] * _drive(truth, imgs)
+    rate = rate.T
+    if unit_ids is not None:
+        rate = rate[truth.index_of(unit_ids)]
+    return rate
+
+
+# --------------------------------------------------------------------------------------------
+# images
+# --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _photos() -> tuple[np.ndarray, ...]:
+    import skimage
+    from skimage.io import imread
+
+    folder = Path(skimage.__file__).parent / "data"
+    out = []
+    for name in _PHOTOS:
+        f = folder / name
+        if f.is_file():
+            img = np.asarray(imread(f), dtype=np.float64)
+            if img.ndim == 3:
+                img = img[..., :3].mean(axis=-1)
+            img = (img - img.min()) / max(np.ptp(img), 1e-9)
+            if min(img.shape) >= 64:
+                out.append(img)
+    if len(out) < 5:
+        raise MeireportError(
+            f"scikit-image's data folder {folder} lacks its photographs; reinstall scikit-image"
+        )
+    return tuple(out)
+
+
+def _one_image(k: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    rng = np.random.default_rng([IMAGE_SEED, k])
+    photos = _photos()
+    src = photos[int(rng.integers(len(photos)))]
+    h, w = src.shape
+    aspect = TEMPLATE_SHAPE[1] / TEMPLATE_SHAPE[0]
+    ch = int(min(h, w / aspect) * rng.uniform(0.35, 1.0))
+    cw = int(ch * aspect)
+    r0, c0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = src[r0 : r0 + ch, c0 : c0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    img = resize(crop, TEMPLATE_SHAPE, order=1, anti_aliasing=True)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)  # vary the luminance distribution
+    lo, hi = np.percentile(img, [1, 99])
+    img = (img - lo) / max(hi - lo, 1e-6)
+    img = 0.5 + (img - 0.5) * rng.uniform(0.6, 1.0)
+    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def natural_images(n: int) -> np.ndarray:
+    """The simulator's natural-scene templates ``0..n-1`` (``n x 120 x 192`` uint8 grey).
+
+    Image ``k`` depends only on ``k``: sessions with more images extend those with fewer.
+    """
+    return np.stack([_one_image(k) for k in range(n)])
+
+
+# --------------------------------------------------------------------------------------------
+# units
+# --------------------------------------------------------------------------------------------
+def _gabor_rf(geom: ScreenGeometry, x, y, ori, sf, sigma, phase) -> np.ndarray:
+    rows, cols = geom.shape
+    cx, cy = geom.deg_to_px(x, y)
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    dx, dy = xx - cx, cy - yy
+    t = np.deg2rad(ori)
+    u = dx * np.cos(t) + dy * np.sin(t)
+    s_px = sigma / geom.deg_per_px
+    rf = np.exp(-(dx**2 + dy**2) / (2 * s_px**2)) * np.cos(
+        2 * np.pi * geom.cycles_per_px(sf) * u + phase
+    )
+    rf -= rf.mean()
+    return rf / np.linalg.norm(rf)
+
+
+def _make_truth(
+    rng: np.random.Generator, geom: ScreenGeometry, population: dict, session_id: int
+) -> GroundTruth:
+    kinds, areas = [], []
+    for area, counts in population.items():
+        for kind, n in zip(("simple", "complex", "untuned", "poor"), counts, strict=True):
+            kinds += [kind] * int(n)
+            areas += [area] * int(n)
+    n = len(kinds)
+    if n == 0:
+        raise MeireportError("population: expected at least one unit")
+    order = rng.permutation(n)
+    kind, area = np.array(kinds)[order], np.array(areas)[order]
+    unit_id = np.sort(rng.choice(np.arange(950_000_000, 951_000_000), n, replace=False))
+    p = {
+        "x_deg": rng.uniform(-35, 35, n),
+        "y_deg": rng.uniform(-25, 25, n),
+        "orientation_deg": rng.uniform(0, 180, n),
+        "sf_cpd": np.exp(rng.uniform(*np.log([0.05, 0.14]), n)),
+        "phase": rng.uniform(0, 2 * np.pi, n),
+    }
+    p["sigma_deg"] = rng.uniform(0.35, 0.55, n) / p["sf_cpd"]
+    rf_even = np.zeros((n, *geom.shape))
+    rf_odd = np.zeros((n, *geom.shape))
+    for i in range(n):
+        if kind[i] == "untuned":
+            continue
+        args = (
+            p["x_deg"][i],
+            p["y_deg"][i],
+            p["orientation_deg"][i],
+            p["sf_cpd"][i],
+            p["sigma_deg"][i],
+        )
+        rf_even[i] = _gabor_rf(geom, *args, p["phase"][i])
+        if kind[i] == "complex":
+            rf_odd[i] = _gabor_rf(geom, *args, p["phase"][i] + np.pi / 2)
+    return GroundTruth(
+        unit_id=unit_id.astype(np.int64),
+        kind=kind,
+        area=area,
+        rf_even=rf_even,
+        rf_odd=rf_odd,
+        gain=np.zeros(n),
+        baseline=rng.uniform(1.0, 6.0, n),
+        latency=rng.uniform(0.03, 0.07, n),
+        rf_params=p,
+        geometry=geom,
+    )
+
+
+def _calibrate_gain(truth: GroundTruth, images: np.ndarray, rng: np.random.Generator) -> None:
+    """Set gains so that the 99th-percentile natural image drives a unit to its peak rate."""
+    drive = _drive(truth, images)
+    q = np.percentile(drive, 99, axis=0)
+    peak = rng.uniform(10.0, 60.0, len(truth.unit_id))
+    tuned = (truth.kind != "untuned") & (q > 0)
+    truth.gain[:] = np.where(tuned, (peak - truth.baseline) / np.where(q > 0, q, 1.0), 0.0)
+    untuned = truth.kind == "untuned"
+    truth.baseline[untuned] = rng.uniform(2.0, 15.0, int(untuned.sum()))
+
+
+# --------------------------------------------------------------------------------------------
+# stimulus schedule
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _Schedule:
+    tables: dict[str, dict[str, np.ndarray]]
+    starts: np.ndarray  # all stimulus presentations (natural scenes + gabors), time order
+    stops: np.ndarray
+    stim_rate_row: np.ndarray  # index into the rate matrix (units x conditions)
+    t_end: float
+
+
+def _contiguous(rng, n, t0):
+    dur = PRESENTATION_S + rng.normal(0.0, 1e-4, n)
+    edges = t0 + np.concatenate([[0.0], np.cumsum(dur)])
+    return edges[:-1], edges[1:]
+
+
+def _schedule(rng, n_images: int, n_repeats: int, n_blocks: int) -> _Schedule:
+    spont = {"start_time": [], "stop_time": [], "stimulus_block": []}
+    t, block = 30.0, 0
+    spont_s = 30.0
+
+    def add_spont(t):
+        spont["start_time"].append(t)
+        spont["stop_time"].append(t + spont_s)
+        spont["stimulus_block"].append(np.nan)
+        return t + spont_s
+
+    # gabors: 243 conditions x 15 repeats in random order
+    cond = np.array(
+        [(o, x, y) for o in GABOR_ORIENTATIONS for x in GABOR_POSITIONS for y in GABOR_POSITIONS]
+    )
+    g_idx = rng.permutation(np.repeat(np.arange(len(cond)), GABOR_REPEATS))
+    g_start, g_stop = _contiguous(rng, len(g_idx), t)
+    t = float(g_stop[-1])
+    gab = {
+        "start_time": g_start,
+        "stop_time": g_stop,
+        "stimulus_block": np.full(len(g_idx), float(block)),
+        "orientation": cond[g_idx, 0],
+        "x_position": cond[g_idx, 1],
+        "y_position": cond[g_idx, 2],
+        "size": np.array([f"[{GABOR_SIZE}, {GABOR_SIZE}]"] * len(g_idx), dtype=object),
+        "phase": np.array(["[3644.93333333, 3644.93333333]"] * len(g_idx), dtype=object),
+        "spatial_frequency": np.full(len(g_idx), GABOR_SF),
+        "temporal_frequency": np.full(len(g_idx), GABOR_TF),
+        "contrast": np.full(len(g_idx), GABOR_CONTRAST),
+    }
+    block += 1
+    # natural scenes: frames -1..n-1, n_repeats each, split over blocks, shuffled per block
+    frames = np.arange(-1, n_images)
+    reps = np.array_split(np.arange(n_repeats), n_blocks)
+    ns = {"start_time": [], "stop_time": [], "stimulus_block": [], "frame": []}
+    for r in reps:
+        t = add_spont(t)
+        f = rng.permutation(np.repeat(frames, len(r)))
+        s0, s1 = _contiguous(rng, len(f), t)
+        t = float(s1[-1])
+        ns["start_time"].append(s0)
+        ns["stop_time"].append(s1)
+        ns["stimulus_block"].append(np.full(len(f), float(block)))
+        ns["frame"].append(f.astype(np.float64))
+        block += 1
+    t = add_spont(t)
+    ns = {k: np.concatenate(v) for k, v in ns.items()}
+    spont = {k: np.asarray(v, dtype=np.float64) for k, v in spont.items()}
+    # rows into the condition-rate matrix: natural frames first (-1 -> 0), then gabor conds
+    starts = np.concatenate([gab["start_time"], ns["start_time"]])
+    stops = np.concatenate([gab["stop_time"], ns["stop_time"]])
+    rows = np.concatenate([n_images + 1 + g_idx, ns["frame"].astype(np.int64) + 1])
+    order = np.argsort(starts, kind="stable")
+    tables = {"gabors": gab, "natural_scenes": ns, "spontaneous": spont}
+    return _Schedule(tables, starts[order], stops[order], rows[order], t + 10.0)
+
+
+def _condition_images(geom: ScreenGeometry, images_model: np.ndarray) -> np.ndarray:
+    """Model-space images of every condition: blank, natural frames, then gabor conditions.
+
+    Gabor conditions are drifting gratings: their rate is averaged over the drift phases, so they
+    are returned as ``conditions x phases x rows x cols`` separately by :func:`_condition_rates`.
+    """
+    blank = np.full((1, *geom.shape), 0.5)
+    return np.concatenate([blank, images_model])
+
+
+def _condition_rates(truth: GroundTruth, images_model: np.ndarray) -> np.ndarray:
+    geom = truth.geometry
+    nat = true_rate(truth, _condition_images(geom, images_model))
+    phases = np.linspace(0, 2 * np.pi, N_DRIFT_PHASES, endpoint=False)
+    stack = np.stack(
+        [
+            render_gabor(geom, x, y, o, GABOR_SF, GABOR_SIZE, ph, GABOR_CONTRAST)
+            for o in GABOR_ORIENTATIONS
+            for x in GABOR_POSITIONS
+            for y in GABOR_POSITIONS
+            for ph in phases
+        ]
+    )
+    gab = true_rate(truth, stack).reshape(len(truth.unit_id), -1, N_DRIFT_PHASES).mean(axis=2)
+    return np.concatenate([nat, gab], axis=1)  # units x conditions
+
+
+def _spikes_for_unit(
+    rng, sched: _Schedule, rates: np.ndarray, baseline: float, latency: float, noise_shape: float
+):
+    """Doubly stochastic Poisson spikes: stimulus rate in [start+lat, stop+lat), baseline elsewhere.
+
+    Each presentation's rate is multiplied by a Gamma gain of mean 1 and shape ``noise_shape``
+    (trial-to-trial variability beyond Poisson, as in cortex); ``inf`` gives plain Poisson.
+    """
+    s0, s1 = sched.starts + latency, sched.stops + latency
+    stim = rates[sched.stim_rate_row]
+    if np.isfinite(noise_shape):
+        stim = stim * rng.gamma(noise_shape, 1.0 / noise_shape, len(stim))
+    seg_start = np.concatenate([[0.0], s0, s1[:-1]])
+    seg_stop = np.concatenate([[s0[0]], s1, s0[1:]])
+    seg_rate = np.concatenate([[baseline], stim, np.full(len(s0) - 1, baseline)])
+    # gaps between contiguous presentations have zero length; the tail runs to t_end
+    seg_start = np.append(seg_start, s1[-1])
+    seg_stop = np.append(seg_stop, sched.t_end)
+    seg_rate = np.append(seg_rate, baseline)
+    dur = np.clip(seg_stop - seg_start, 0.0, None)
+    n = rng.poisson(seg_rate * dur)
+    t = np.repeat(seg_start, n) + rng.random(int(n.sum())) * np.repeat(dur, n)
+    return np.sort(t)
+
+
+# --------------------------------------------------------------------------------------------
+# NWB writing
+# --------------------------------------------------------------------------------------------
+def _quality_metrics(rng, kind: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(kind)
+    m = {
+        "quality": np.array(["good"] * n, dtype=object),
+        "amplitude_cutoff": rng.uniform(0.0, 0.08, n),
+        "presence_ratio": rng.uniform(0.96, 0.99, n),
+        "isi_violations": rng.uniform(0.0, 0.3, n),
+        "snr": rng.uniform(1.5, 5.0, n),
+        "fail": np.array([""] * n, dtype=object),
+    }
+    failures = (
+        "quality",
+        "amplitude_cutoff",
+        "presence_ratio",
+        "isi_violations",
+        "invalid_channel",
+        "out_of_brain",
+    )
+    for j, i in enumerate(np.flatnonzero(kind == "poor")):
+        f = failures[j % len(failures)]
+        m["fail"][i] = f
+        if f == "quality":
+            m["quality"][i] = "noise"
+        elif f == "amplitude_cutoff":
+            m["amplitude_cutoff"][i] = rng.uniform(0.15, 0.5)
+        elif f == "presence_ratio":
+            m["presence_ratio"][i] = rng.uniform(0.5, 0.9)
+        elif f == "isi_violations":
+            m["isi_violations"][i] = rng.uniform(0.8, 3.0)
+    return m
+
+
+def _channels(rng, areas: list[str]) -> dict[str, dict]:
+    """Probe -> channel ids, locations and validity (upper channels outside the brain)."""
+    probes: dict[str, dict] = {}
+    for k, probe in enumerate(sorted(set(_PROBE_OF_AREA.get(a, "probeC") for a in areas))):
+        locs = []
+        probe_areas = [a for a in areas if _PROBE_OF_AREA.get(a, "probeC") == probe]
+        per = (_CHANNELS_PER_PROBE - 8) // max(len(probe_areas), 1)
+        for a in probe_areas:
+            locs += [a] * per
+        locs += ["None"] * (_CHANNELS_PER_PROBE - len(locs))
+        ids = 850_000_000 + 1000 * k + np.arange(_CHANNELS_PER_PROBE)
+        valid = np.ones(_CHANNELS_PER_PROBE, dtype=bool)
+        valid[3] = False  # one broken channel per probe (a reference, as on real probes)
+        probes[probe] = {
+            "probe_id": 760_000_000 + k,
+            "ids": ids,
+            "location": np.array(locs),
+            "valid": valid,
+        }
+    return probes
+
+
+def _peak_channels(rng, truth: GroundTruth, fail: np.ndarray, probes: dict) -> np.ndarray:
+    out = np.zeros(len(truth.unit_id), dtype=np.int64)
+    for i, a in enumerate(truth.area):
+        pr = probes[_PROBE_OF_AREA.get(a, "probeC")]
+        if fail[i] == "out_of_brain":
+            pool = np.flatnonzero(pr["location"] == "None")
+        elif fail[i] == "invalid_channel":
+            pool = np.flatnonzero(~pr["valid"] & (pr["location"] == a))
+            pool = pool if len(pool) else np.flatnonzero(~pr["valid"])
+        else:
+            pool = np.flatnonzero((pr["location"] == a) & pr["valid"])
+        out[i] = pr["ids"][int(rng.choice(pool))]
+    return out
+
+
+def _write_nwb(
+    path: Path,
+    session_id: int,
+    truth: GroundTruth,
+    spikes: list[np.ndarray],
+    sched: _Schedule,
+    metrics: dict,
+    peak: np.ndarray,
+    probes: dict,
+    extra_acquisition_mb: float,
+) -> None:
+    import pynwb
+    from hdmf.common import VectorData
+    from pynwb.epoch import TimeIntervals
+
+    nwb = pynwb.NWBFile(
+        session_description="meireport simulated Allen-format Neuropixels session",
+        identifier=str(session_id),
+        session_start_time=datetime(2019, 11, 5, 12, 0, tzinfo=UTC),
+        session_id=str(session_id),
+        institution="meireport (simulated)",
+        notes=json.dumps({"meireport_geometry": truth.geometry.to_dict(), "simulated": True}),
+        stimulus_notes="brain_observatory_1.1 (simulated subset)",
+    )
+    device = nwb.create_device(name="neuropixels", description="simulated Neuropixels 1.0")
+    for col, desc in (
+        ("probe_id", "probe id"),
+        ("valid_data", "channel usable"),
+        ("local_index", "index on the probe"),
+        ("probe_vertical_position", "um"),
+        ("probe_horizontal_position", "um"),
+    ):
+        nwb.add_electrode_column(name=col, description=desc)
+    for name, pr in probes.items():
+        grp = nwb.create_electrode_group(
+            name=name,
+            description=f"{name} (simulated)",
+            location=",".join(sorted(set(pr["location"]))),
+            device=device,
+        )
+        for j, cid in enumerate(pr["ids"]):
+            nwb.add_electrode(
+                id=int(cid),
+                group=grp,
+                location=str(pr["location"][j]),
+                x=0.0,
+                y=0.0,
+                z=0.0,
+                probe_id=int(pr["probe_id"]),
+                valid_data=bool(pr["valid"][j]),
+                local_index=j,
+                probe_vertical_position=20 * (j // 2),
+                probe_horizontal_position=16 + 32 * (j % 2),
+            )
+    cols = (
+        "peak_channel_id",
+        "quality",
+        "amplitude_cutoff",
+        "presence_ratio",
+        "isi_violations",
+        "firing_rate",
+        "snr",
+        "local_index",
+    )
+    for c in cols:
+        nwb.add_unit_column(name=c, description=c)
+    duration = sched.t_end
+    for i, uid in enumerate(truth.unit_id):
+        nwb.add_unit(
+            id=int(uid),
+            spike_times=spikes[i],
+            peak_channel_id=int(peak[i]),
+            quality=str(metrics["quality"][i]),
+            amplitude_cutoff=float(metrics["amplitude_cutoff"][i]),
+            presence_ratio=float(metrics["presence_ratio"][i]),
+            isi_violations=float(metrics["isi_violations"][i]),
+            firing_rate=float(len(spikes[i]) / duration),
+            snr=float(metrics["snr"][i]),
+            local_index=i,
+        )
+    for name, tab in sched.tables.items():
+        n = len(tab["start_time"])
+        data = dict(tab) | {"stimulus_name": np.array([name] * n, dtype=object)}
+        columns = [VectorData(name=k, description=k, data=_nwb_column(v)) for k, v in data.items()]
+        nwb.add_time_intervals(
+            TimeIntervals(
+                name=f"{name}_presentations",
+                description=f"Presentation times and stimuli for {name}",
+                columns=columns,
+            )
+        )
+    if extra_acquisition_mb > 0:
+        nwb.add_acquisition(_big_series(extra_acquisition_mb))
+    with pynwb.NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+
+
+def _nwb_column(v: np.ndarray):
+    v = np.asarray(v)
+    return [str(x) for x in v] if v.dtype == object else v
+
+
+class _ZeroBlocks(AbstractDataChunkIterator):
+    """Write an ``n_rows x n_ch`` float32 dataset of zeros block by block (small memory)."""
+
+    def __init__(self, n_rows: int, n_ch: int, block: int):
+        self.n_rows, self.n_ch, self.block, self.pos = n_rows, n_ch, block, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> DataChunk:
+        if self.pos >= self.n_rows:
+            raise StopIteration
+        stop = min(self.pos + self.block, self.n_rows)
+        chunk = DataChunk(
+            data=np.zeros((stop - self.pos, self.n_ch), dtype=np.float32),
+            selection=np.s_[self.pos : stop, :],
+        )
+        self.pos = stop
+        return chunk
+
+    def recommended_chunk_shape(self):
+        return (self.block, self.n_ch)
+
+    def recommended_data_shape(self):
+        return (self.n_rows, self.n_ch)
+
+    @property
+    def dtype(self):
+        return np.dtype(np.float32)
+
+    @property
+    def maxshape(self):
+        return (self.n_rows, self.n_ch)
+
+
+def _big_series(mb: float):
+    """A large, unused acquisition series (stands in for LFP/waveforms in real files)."""
+    import pynwb
+    from hdmf.backends.hdf5.h5_utils import H5DataIO
+
+    n_ch, block = 64, 65536
+    n_rows = max(int(mb * 2**20 / (4 * n_ch)), 1)
+    data = H5DataIO(
+        _ZeroBlocks(n_rows, n_ch, block), compression="gzip", chunks=(min(block, n_rows), n_ch)
+    )
+    return pynwb.TimeSeries(
+        name="probe_lfp_placeholder",
+        data=data,
+        unit="V",
+        rate=1250.0,
+        description="unused large dataset (laziness check)",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SimulatedSession:
+    """Where a simulated session was written, and its ground truth."""
+
+    cache_dir: Path
+    session_id: int
+    nwb_path: Path
+    truth_path: Path
+    templates_dir: Path
+    seconds: float
+    reused: bool = False
+
+    @property
+    def truth(self) -> GroundTruth:
+        """The session's ground truth (loaded from disk)."""
+        return load_ground_truth(self.truth_path)
+
+
+def _settings(
+    seed, session_id, n_images, n_repeats, n_blocks, population, deg_per_px, extra_mb, noise_shape
+):
+    return {
+        "sim_version": SIM_VERSION,
+        "seed": int(seed),
+        "session_id": int(session_id),
+        "n_images": int(n_images),
+        "n_repeats": int(n_repeats),
+        "n_blocks": int(n_blocks),
+        "population": {k: list(map(int, v)) for k, v in population.items()},
+        "deg_per_px": float(deg_per_px),
+        "extra_acquisition_mb": float(extra_mb),
+        "noise_shape": float(noise_shape),
+    }
+
+
+def _check_args(n_images, n_repeats, n_blocks, session_id, deg_per_px):
+    if int(n_images) < 2:
+        raise MeireportError(f"n_images: must be >= 2, got {n_images}")
+    if int(n_repeats) < 1:
+        raise MeireportError(f"n_repeats: must be >= 1, got {n_repeats}")
+    if not 1 <= int(n_blocks) <= int(n_repeats):
+        raise MeireportError(f"n_blocks: must be in 1..n_repeats ({n_repeats}), got {n_blocks}")
+    if int(session_id) <= 0:
+        raise MeireportError(f"session_id: must be a positive integer, got {session_id}")
+    if not deg_per_px > 0:
+        raise MeireportError(f"deg_per_px: must be > 0, got {deg_per_px}")
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_templates(templates: np.ndarray, folder: Path) -> None:
+    """Add missing templates; refuse (before writing any) if an existing one differs."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for k, img in enumerate(templates):
+        f = folder / f"natural_scene_{k}.tiff"
+        if f.exists():
+            if not np.array_equal(np.asarray(tifffile.imread(f)), img):
+                raise MeireportError(
+                    f"{f} exists and differs from this simulation's image {k}; "
+                    "use another --out folder (nothing was written)"
+                )
+        else:
+            todo.append((f, img))
+    for f, img in todo:
+        tmp = f.with_name(f".{f.name}.tmp")
+        tifffile.imwrite(tmp, img)
+        os.replace(tmp, f)
+
+
+def simulate_session(
+    out,
+    seed: int = 0,
+    session_id: int = DEFAULT_SESSION_ID,
+    n_images: int = 118,
+    n_repeats: int = 50,
+    n_blocks: int | None = None,
+    population: dict[str, tuple[int, int, int, int]] | None = None,
+    deg_per_px: float = 1.5,
+    extra_acquisition_mb: float = 0.0,
+    noise_shape: float = 4.0,
+    progress: bool = False,
+) -> SimulatedSession:
+    """Write a simulated Allen-format session into an AllenSDK-cache-shaped folder.
+
+    Writes ``out/session_<id>/session_<id>.nwb``, ``out/session_<id>/ground_truth.npz`` (+
+    ``.json``) and ``out/natural_scene_templates/natural_scene_<k>.tiff``. Outputs are written to
+    a temporary folder and moved into place; an existing session folder made with the same
+    settings is reused, one made with other settings is never overwritten (error).
+
+    Parameters
+    ----------
+    out : str or Path
+        Cache folder to write into (created if needed).
+    seed : int
+        Seed of units, schedule and spikes; the same seed gives the same session.
+    session_id : int
+        Session id (folder name and NWB identifier).
+    n_images : int
+        Natural images (118 as Allen; ~1000 for data-rich positive controls).
+    n_repeats : int
+        Presentations of each image (and of the blank frame).
+    n_blocks : int, optional
+        Natural-scene blocks the repeats are split over (default ``min(3, n_repeats)``).
+    population : dict, optional
+        ``area -> (n_simple, n_complex, n_untuned, n_poor)``; default :data:`DEFAULT_POPULATION`.
+    deg_per_px : float
+        Visual degrees per model pixel (stored in the file and the ground truth).
+    extra_acquisition_mb : float
+        Size of an unused acquisition dataset to add (for laziness checks); 0 for none.
+    noise_shape : float
+        Shape of the per-presentation Gamma gain (trial-to-trial variability; Fano factor
+        ``1 + rate * 0.25 / noise_shape``); ``inf`` for plain Poisson.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    SimulatedSession
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> s = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1)
+    >>> s.nwb_path.name
+    'session_700000001.nwb'
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    population = dict(DEFAULT_POPULATION if population is None else population)
+    n_blocks = min(3, int(n_repeats)) if n_blocks is None else n_blocks
+    _check_args(n_images, n_repeats, n_blocks, session_id, deg_per_px)
+    if not noise_shape > 0:
+        raise MeireportError(f"noise_shape: must be > 0 (inf for Poisson), got {noise_shape}")
+    settings = _settings(
+        seed,
+        session_id,
+        n_images,
+        n_repeats,
+        n_blocks,
+        population,
+        deg_per_px,
+        extra_acquisition_mb,
+        noise_shape,
+    )
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise MeireportError(f"out: {out} exists and is not a folder")
+    sess_dir = out / f"session_{int(session_id)}"
+    templates_dir = out / "natural_scene_templates"
+    result = SimulatedSession(
+        out,
+        int(session_id),
+        sess_dir / f"session_{int(session_id)}.nwb",
+        sess_dir / "ground_truth.npz",
+        templates_dir,
+        0.0,
+    )
+    if sess_dir.exists():
+        meta = sess_dir / "ground_truth.json"
+        old = json.loads(meta.read_text()).get("settings") if meta.is_file() else None
+        if old == settings and result.nwb_path.is_file():
+            result.reused = True
+            result.seconds = time.perf_counter() - t0
+            return result
+        raise MeireportError(
+            f"out: {sess_dir} already exists with other settings; choose another --out or "
+            "--session-id (nothing was overwritten)"
+        )
+
+    steps = tqdm(total=5, desc="simulate", disable=not progress)
+    rng = np.random.default_rng(seed)
+    geom = ScreenGeometry(deg_per_px=deg_per_px)
+    templates = natural_images(int(n_images))
+    model_imgs = np.stack([prepare_image(t, geom.shape) for t in templates])
+    steps.update()
+    truth = _make_truth(rng, geom, population, session_id)
+    _calibrate_gain(truth, model_imgs, rng)
+    rates = _condition_rates(truth, model_imgs)
+    steps.update()
+    sched = _schedule(rng, int(n_images), int(n_repeats), int(n_blocks))
+    spikes = [
+        _spikes_for_unit(
+            np.random.default_rng([seed, i]),
+            sched,
+            rates[i],
+            truth.baseline[i],
+            truth.latency[i],
+            noise_shape,
+        )
+        for i in range(len(truth.unit_id))
+    ]
+    steps.update()
+    metrics = _quality_metrics(rng, truth.kind)
+    probes = _channels(rng, list(population))
+    peak = _peak_channels(rng, truth, metrics["fail"], probes)
+    truth.meta = {
+        "settings": settings,
+        "seed": int(seed),
+        "n_images": int(n_images),
+        "n_repeats": int(n_repeats),
+        "session_id": int(session_id),
+        "qc_failure": {str(u): f for u, f in zip(truth.unit_id, metrics["fail"], strict=True) if f},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".meireport-sim-", dir=out))
+    try:
+        tmp_sess = tmp / sess_dir.name
+        tmp_sess.mkdir()
+        _write_nwb(
+            tmp_sess / result.nwb_path.name,
+            int(session_id),
+            truth,
+            spikes,
+            sched,
+            metrics,
+            peak,
+            probes,
+            extra_acquisition_mb,
+        )
+        truth.save(tmp_sess)
+        steps.update()
+        _write_templates(templates, templates_dir)
+        os.replace(tmp_sess, sess_dir)
+        steps.update()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        steps.close()
+    result.seconds = time.perf_counter() - t0
+    return result
