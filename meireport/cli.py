@@ -1,4 +1,4 @@
-"""Command line: ``meireport simulate | extract``.
+"""Command line: ``meireport simulate | extract | run | build | report``.
 
 Bad input ends with one line on stderr (``meireport: error: ...``) and exit status 2.
 """
@@ -74,6 +74,63 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _neuron_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise MeireportError(
+            f"--neurons: expected unit ids separated by commas, got {text!r}"
+        ) from None
+
+
+def _do_run(args: argparse.Namespace):
+    from meireport.params import load_params
+    from meireport.run import run
+
+    params = load_params(args.params)
+    out = args.out or Path("runs") / params.name
+    t0 = time.perf_counter()
+    res = run(params, out=out, workers=args.workers, scheduler=args.scheduler,
+              neurons=_neuron_list(args.neurons), progress=not args.quiet)
+    n_exec = len(res.executed)
+    n_cached = sum(r.status == "cached" for r in res.results)
+    print(f"run {res.run_dir}: {n_exec} notebooks executed, {n_cached} cached, "
+          f"{len(res.failed)} failed or skipped, {time.perf_counter() - t0:.1f} s")
+    for r in res.failed:
+        print(f"  {r.task_id}: {r.status}: {r.error}")
+    for sid in sorted({r.session_id for r in res.results}):
+        f = res.run_dir / "results" / str(sid) / "summary.csv"
+        if f.is_file():
+            print(f"  summary: {f}")
+    return res
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    _do_run(args)
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from meireport.book import build_book
+
+    t0 = time.perf_counter()
+    index = build_book(args.run_dir)
+    print(f"book built in {time.perf_counter() - t0:.1f} s: {index}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from meireport.book import build_book
+
+    res = _do_run(args)
+    t0 = time.perf_counter()
+    index = build_book(res.run_dir)
+    print(f"book built in {time.perf_counter() - t0:.1f} s: {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``meireport`` argument parser."""
     p = argparse.ArgumentParser(prog="meireport", description=__doc__.splitlines()[0])
@@ -96,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--area", default=None, help="only units in this area (with --out)")
     ex.add_argument("--out", default=None, help="write counts (presentations x units) to CSV")
     ex.set_defaults(func=_cmd_extract)
+
+    for name, func, text in (("run", _cmd_run, "execute the report's notebooks"),
+                             ("report", _cmd_report, "run, then build the book")):
+        r = sub.add_parser(name, help=text)
+        r.add_argument("params", help="params YAML file (see params/)")
+        r.add_argument("--out", default=None, help="run folder (default runs/<name>)")
+        r.add_argument("--workers", type=int, default=None, help="local worker processes")
+        r.add_argument("--scheduler", default=None, help="address of a Dask scheduler")
+        r.add_argument("--neurons", default=None, help="unit ids, comma separated")
+        r.add_argument("--quiet", action="store_true", help="no progress bar")
+        r.set_defaults(func=func)
+    b = sub.add_parser("build", help="build the Jupyter Book site of a run folder")
+    b.add_argument("run_dir")
+    b.set_defaults(func=_cmd_build)
     return p
 
 

@@ -7,6 +7,7 @@ the spikes in ``[onset + t0, onset + t1)`` of every presentation at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ __all__ = [
     "gabor_responses",
     "binned_activity",
     "counts_per_area",
+    "extract_to_dir",
+    "psth",
 ]
 
 BLANK_FRAME = -1
@@ -295,3 +298,82 @@ def counts_per_area(session, stimulus: str = "natural_scenes", window=(0.0, 0.25
             }
         )
     return pd.DataFrame(rows).set_index("area")
+
+
+def extract_to_dir(session, out_dir, area: str | None = "VISam", window=(0.0, 0.25)) -> dict:
+    """Extract everything later stages need from a session into ``out_dir`` (atomic writes).
+
+    Writes ``trials.npz`` (natural-scene trial tensor, blank frame left out), ``images.npz``
+    (the images as the model sees them), ``gabors.npz`` (gabor parameters and counts),
+    ``units.csv`` (the area's units with their metrics, plus ``true_kind`` on simulated sessions)
+    and ``session.json``.
+
+    Returns
+    -------
+    dict
+        The contents of ``session.json``.
+    """
+    from meireport.artifacts import save_csv, save_json, save_npz
+    from meireport.stimuli import parse_pair
+
+    out = Path(out_dir)
+    win = check_window(window)
+    ids = session.unit_ids(area)
+    table = session.stimulus_table("natural_scenes")
+    counts = spike_counts(session, "natural_scenes", win, unit_ids=ids)
+    trials = trial_tensor(counts, table)
+    save_npz(out / "trials.npz", data=trials.data, unit_ids=trials.unit_ids,
+             image_ids=trials.image_ids)
+    save_npz(out / "images.npz", images=session.model_images(trials.image_ids).astype(np.float32),
+             frames=trials.image_ids)
+    g = gabor_responses(session, win, unit_ids=ids)
+    save_npz(
+        out / "gabors.npz", counts=g.counts.to_numpy(), unit_ids=ids,
+        presentation_ids=g.table.index.to_numpy(),
+        orientation=g.table["orientation"].to_numpy(dtype=float),
+        x_position=g.table["x_position"].to_numpy(dtype=float),
+        y_position=g.table["y_position"].to_numpy(dtype=float),
+        size=np.array([parse_pair(v) for v in g.table["size"]]),
+        spatial_frequency=g.table["spatial_frequency"].map(parse_pair).to_numpy(dtype=float),
+        contrast=g.table["contrast"].map(parse_pair).to_numpy(dtype=float),
+    )
+    units = session.units.loc[ids].copy()
+    truth_path = session.path.parent / "ground_truth.npz"
+    if truth_path.is_file():
+        from meireport.sources.simulate import load_ground_truth
+
+        truth = load_ground_truth(truth_path)
+        units["true_kind"] = truth.kind[truth.index_of(ids)]
+    save_csv(out / "units.csv", units)
+    info = {
+        "session_id": int(session.session_id), "nwb": str(session.path), "area": area,
+        "window": list(win), "n_units": int(len(ids)), "n_images": int(len(trials.image_ids)),
+        "n_repeats": int(trials.data.shape[2]) if trials.data.size else 0,
+        "geometry": session.geometry.to_dict(),
+        "ground_truth": str(truth_path) if truth_path.is_file() else None,
+        "areas": session.areas,
+    }
+    save_json(out / "session.json", info)
+    return info
+
+
+def psth(
+    session, stimulus: str = "natural_scenes", unit_ids=None, t_before: float = 0.1,
+    t_after: float = 0.35, bin_size: float = 0.01, max_presentations: int = 2000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Peri-stimulus time histogram: mean rate (spikes/s) of each unit around onset.
+
+    Returns ``(bin_centres_s, rates units x bins)``; uses the first ``max_presentations``
+    presentations.
+    """
+    if not (t_before >= 0 and t_after > 0 and bin_size > 0):
+        raise MeireportError("psth: expected t_before >= 0, t_after > 0 and bin_size > 0")
+    ids = _resolve_units(session, unit_ids)
+    onsets = session.stimulus_table(stimulus)["start_time"].to_numpy()[:max_presentations]
+    edges = np.arange(-t_before, t_after + bin_size / 2, bin_size)
+    rates = np.zeros((len(ids), len(edges) - 1))
+    for j, u in enumerate(ids):
+        t = session.spike_times[int(u)]
+        idx = np.searchsorted(t, onsets[:, None] + edges[None, :], side="left")
+        rates[j] = np.diff(idx, axis=1).sum(axis=0) / (len(onsets) * bin_size)
+    return (edges[:-1] + edges[1:]) / 2, rates

@@ -1,0 +1,99 @@
+"""Session summary: one row per reported neuron, gathered from each stage's artifacts.
+
+``summary.csv`` is a contract other tools rely on (see DESIGN.md): its columns are
+:data:`SUMMARY_COLUMNS` (plus :data:`SIMULATED_COLUMNS` on simulated sessions). A value a stage
+did not produce (the stage failed, or is not part of this run) is left empty, never invented.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from meireport.artifacts import load_csv, load_json, save_csv
+
+__all__ = ["SUMMARY_COLUMNS", "SIMULATED_COLUMNS", "summary_table", "write_summary"]
+
+SUMMARY_COLUMNS = (
+    "unit_id", "area", "oracle_corr", "fev", "test_corr", "test_corr_ln", "frac_oracle",
+    "mei_pred", "best_image_pred", "best_gabor_pred", "mei_luminance", "mei_contrast",
+    "gabor_luminance", "gabor_contrast", "mei_si1", "mei_si2", "gabor_si1", "gabor_si2",
+    "status", "trust",
+)
+SIMULATED_COLUMNS = (
+    "true_type", "mei_true_resp", "best_image_true_resp", "best_gabor_true_resp", "mei_rf_corr",
+)
+_STAGE_FILES = ("train.json", "mei.json", "comparison.json")
+
+
+def _neuron_values(ndir: Path) -> dict:
+    vals: dict = {}
+    for name in _STAGE_FILES:
+        f = ndir / name
+        if f.is_file():
+            d = load_json(f)
+            vals.update({k: v for k, v in d.items() if np.isscalar(v) or v is None})
+    return vals
+
+
+def _status(rows: list[dict], uid: int) -> str:
+    bad = [r for r in rows if r.get("unit_id") == uid and r["status"] in ("failed", "skipped")]
+    if not bad:
+        return "ok"
+    r = bad[0]
+    return f"failed at {r['stage']}: {r.get('error') or ''}".strip()
+
+
+def summary_table(session_dir) -> pd.DataFrame:
+    r"""Gather the summary of one session's run folder (``results/<session_id>``).
+
+    Examples
+    --------
+    >>> import tempfile, json
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "status.json").write_text(json.dumps([]))
+    >>> _ = (d / "selection.csv").write_text("unit_id,oracle_corr,selected\\n5,0.4,True\\n")
+    >>> summary_table(d)[["unit_id", "oracle_corr", "status"]].to_dict("records")
+    [{'unit_id': 5, 'oracle_corr': 0.4, 'status': 'ok'}]
+    """
+    sdir = Path(session_dir)
+    status = load_json(sdir / "status.json")
+    selection = load_csv(sdir / "selection.csv")
+    units = sorted({int(r["unit_id"]) for r in status if r.get("unit_id") is not None})
+    if not units:
+        units = selection.loc[selection["selected"].astype(bool), "unit_id"].astype(int).tolist()
+    sel = selection.set_index("unit_id")
+    unit_table = load_csv(sdir / "units.csv").set_index("unit_id") if (
+        sdir / "units.csv").is_file() else pd.DataFrame()
+    rows = []
+    for uid in units:
+        row: dict = {"unit_id": uid}
+        if uid in sel.index:
+            for col in ("area", "oracle_corr", "fev"):
+                if col in sel.columns:
+                    row[col] = sel.at[uid, col]
+        if "area" not in row and uid in unit_table.index:
+            row["area"] = unit_table.at[uid, "ecephys_structure_acronym"]
+        if "true_kind" in unit_table.columns and uid in unit_table.index:
+            row["true_type"] = unit_table.at[uid, "true_kind"]
+        row.update(_neuron_values(sdir / str(uid)))
+        row["status"] = _status(status, uid)
+        rows.append(row)
+    cols = list(SUMMARY_COLUMNS)
+    if "true_kind" in unit_table.columns:
+        cols += list(SIMULATED_COLUMNS)
+    df = pd.DataFrame(rows)
+    for c in cols:
+        if c not in df:
+            df[c] = np.nan
+    extra = [c for c in df.columns if c not in cols]
+    return df[cols + extra]
+
+
+def write_summary(session_dir) -> pd.DataFrame:
+    """Write ``summary.csv`` into the session folder (atomically) and return it."""
+    df = summary_table(session_dir)
+    save_csv(Path(session_dir) / "summary.csv", df, index=False)
+    return df
