@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,9 +67,32 @@ def _write(path, writer: Callable[[Path], None], suffix: str = "") -> Path:
     return Path(path)
 
 
+def _write_npz(target: Path, arrays: dict) -> None:
+    """Like ``np.savez_compressed`` but byte-reproducible (fixed zip timestamps).
+
+    The same arrays always give the same file, so a re-created artifact does not invalidate the
+    cache of the stages that read it.
+    """
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
 def save_npz(path, **arrays) -> Path:
-    """Write arrays to ``path`` (``.npz``, compressed) atomically."""
-    return _write(path, lambda t: np.savez_compressed(t, **arrays), ".npz")
+    """Write arrays to ``path`` (``.npz``, compressed, reproducible bytes) atomically.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "a.npz"
+    >>> _ = save_npz(f, x=np.arange(3))
+    >>> load_npz(f)["x"].tolist()
+    [0, 1, 2]
+    """
+    return _write(path, lambda t: _write_npz(t, arrays), ".npz")
 
 
 def load_npz(path) -> dict[str, np.ndarray]:

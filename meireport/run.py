@@ -375,8 +375,10 @@ def _waves(tasks: list[Task]) -> list[list[Task]]:
 
 
 def _write_status(sdir: Path, results: list[TaskResult]) -> None:
-    rows = [asdict(r) for r in sorted(results, key=lambda r: r.task_id)
-            if r.stage not in ("summary",)]
+    """Outcome of every task of a session (stable content: cached counts as ok, no timings)."""
+    rows = [{"task_id": r.task_id, "stage": r.stage, "unit_id": r.unit_id,
+             "status": "ok" if r.status == "cached" else r.status, "error": r.error}
+            for r in sorted(results, key=lambda r: r.task_id) if r.stage != "summary"]
     save_json(sdir / "status.json", rows)
 
 

@@ -1,0 +1,157 @@
+"""The report: tiny end-to-end run + book, caching, failure isolation, Dask, browser, params."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from meireport.book import build_book
+from meireport.errors import MeireportError
+from meireport.params import load_params, parse_params
+from meireport.run import available_stages, run
+from meireport.summary import SIMULATED_COLUMNS, SUMMARY_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "params" / "tiny.yaml"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    res = run(TINY, out=out, progress=False)
+    index = build_book(out)
+    return out, res, index
+
+
+def _summary(run_dir: Path) -> pd.DataFrame:
+    (sdir,) = (run_dir / "results").iterdir()
+    return pd.read_csv(sdir / "summary.csv")
+
+
+def test_end_to_end(tiny_run):
+    out, res, index = tiny_run
+    assert not res.failed, [(r.task_id, r.error) for r in res.failed]
+    stages = {r.stage for r in res.results}
+    assert stages == {s.name for s in available_stages()}
+    summary = _summary(out)
+    assert set(SUMMARY_COLUMNS) | set(SIMULATED_COLUMNS) <= set(summary.columns)
+    assert len(summary) >= 1 and (summary["status"] == "ok").all()
+    for r in res.results:  # every notebook executed without an error output
+        nb = nbformat.read(r.notebook, as_version=4)
+        outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        assert not errors, r.task_id
+    html = {p.stem for p in (index.parent / "sessions").rglob("*.html")}
+    assert {Path(r.notebook).stem for r in res.results} <= html
+    assert index.is_file()
+
+
+def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    again = run(TINY, out=out, progress=False)
+    assert again.executed == [] and all(r.status == "cached" for r in again.results)
+    # a selection parameter: selection, the neurons and the summary re-run; extraction does not
+    p = load_params(TINY)
+    changed = p.model_copy(update={"selection": p.selection.model_copy(update={"seed": 7})})
+    res = run(changed, out=out, progress=False)
+    executed = {r.stage for r in res.executed}
+    assert "extract" not in executed and {"select", "summary"} <= executed
+    # deleting one artifact re-executes just its producer (outputs are byte-reproducible)
+    (sdir,) = (out / "results").iterdir()
+    (sdir / "images.npz").unlink()
+    res = run(changed, out=out, progress=False)
+    assert {r.stage for r in res.executed} == {"extract"}
+    assert (sdir / "images.npz").is_file()
+
+
+def test_failure_is_isolated(tmp_path):
+    p = load_params(TINY)
+    bad = p.model_copy(update={"selection": p.selection.model_copy(update={"units": [1, 2]})})
+    res = run(bad, out=tmp_path, progress=False)
+    failed = {r.stage for r in res.failed}
+    assert "select" in failed  # unknown explicit units: the selection notebook raises
+    assert any(r.stage == "extract" and r.status == "ok" for r in res.results)
+    index = build_book(tmp_path)
+    page = index.parent / "sessions" / str(res.results[0].session_id)
+    text = "\n".join(f.read_text() for f in page.rglob("*.html"))
+    assert "could not be produced" in text or "MeireportError" in text
+
+
+def test_dask_cluster_gives_same_summary(tiny_run, tmp_path):
+    from distributed import LocalCluster
+
+    out, _, _ = tiny_run
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None, processes=True) as cluster:
+        res = run(TINY, out=tmp_path, scheduler=cluster.scheduler_address, progress=False)
+    assert not res.failed
+    pd.testing.assert_frame_equal(_summary(tmp_path), _summary(out))
+
+
+def test_params_errors_one_line_per_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: {kind: simulated}\nmei: {steps: -5}\nextract: {window: [0.3, 0.1]}\n"
+                   "selection: {oracle_quantile: 2}\nfoo: 1\n")
+    with pytest.raises(MeireportError) as e:
+        load_params(bad)
+    lines = str(e.value).splitlines()
+    assert "mei.steps: must be > 0, got -5" in lines
+    assert "extract.window: t1 must be > t0, got [0.3, 0.1]" in lines
+    assert "selection.oracle_quantile: must be <= 1.0, got 2" in lines
+    assert "foo: unknown field (check the spelling), got 1" in lines
+    with pytest.raises(MeireportError, match="source.kind: must be one of"):
+        parse_params({"source": {"kind": "allen"}})
+    with pytest.raises(MeireportError, match="source: path is required for kind 'allen_cache'"):
+        parse_params({"source": {"kind": "allen_cache"}})
+    with pytest.raises(MeireportError, match="does not exist"):
+        load_params(tmp_path / "none.yaml")
+    (tmp_path / "x.yaml").write_text("source: [unclosed")
+    with pytest.raises(MeireportError, match="not valid YAML"):
+        load_params(tmp_path / "x.yaml")
+    for f in (ROOT / "params").glob("*.yaml"):
+        load_params(f)  # every shipped params file is valid
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="no chromium here")
+def test_site_in_headless_chromium(tiny_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium is not installed (.ci/run installs it with apt-get)"
+    out, res, index = tiny_run
+    neuron = next((Path(r.notebook) for r in res.results if r.unit_id is not None), None)
+    select = next(Path(r.notebook) for r in res.results if r.stage == "select")
+    summary = next(Path(r.notebook) for r in res.results if r.stage == "summary")
+    html_dir = index.parent / "sessions" / str(res.results[0].session_id)
+    pages = [(index, "meireport"), (html_dir / f"{select.stem}.html", "Neuron selection"),
+             (html_dir / f"{summary.stem}.html", "Session summary")]
+    if neuron is not None:
+        pages.append((next(html_dir.rglob(f"{neuron.stem}.html")), "Neuron"))
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        for i, (page_path, title) in enumerate(pages):
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            urls: list[str] = []
+            page.on("request", lambda r, urls=urls: urls.append(r.url))
+            page.goto(page_path.as_uri(), wait_until="networkidle")
+            assert title in page.title()
+            remote = [u for u in urls if not u.startswith(("file://", "data:", "blob:"))]
+            assert remote == [], remote
+            if i > 0:
+                sizes = page.evaluate(
+                    "Array.from(document.images).map(i => i.naturalWidth * i.naturalHeight)")
+                assert any(s > 0 for s in sizes), page_path
+            if page_path.stem == summary.stem:
+                assert page.locator("table").count() >= 1
+            page.screenshot(path=str(tmp_path / f"page{i}.png"))
+            page.close()
+        browser.close()
