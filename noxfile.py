@@ -24,3 +24,47 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, tests and benchmarks."""
     session.install("ruff>=0.5")
     session.run("ruff", "check", "meireport", "tests", "noxfile.py")
+
+
+@nox.session
+def book(session: nox.Session) -> None:
+    """The README's main job: simulate the default session, run every notebook, build the site."""
+    session.install(*CONSTRAINTS, "-e", ".")
+    params = session.posargs[0] if session.posargs else "params/default.yaml"
+    session.run("meireport", "report", params, env={"MPLBACKEND": "Agg"})
+
+
+# AllenSDK 2.16.2 pins numpy<1.24 and pandas==1.5.3: it gets its own env and never enters the core
+# one. pynwb/hdmf are pinned below 3/4 (allensdk cannot read NWB written by pynwb >= 3.1; without
+# the hdmf floor pip lands one that cannot create NWB files); scikit-image < 0.25 is the last
+# series with cp311 wheels that accept numpy 1.23. The project goes in with --no-deps, so only the
+# modules that need numpy/pynwb/h5py are imported here (no torch, no rastermap).
+ALLEN_REQUIREMENTS = (
+    "allensdk==2.16.2",
+    "pynwb>=2.8,<3",
+    "hdmf>=3.14.5,<4",
+    "numpy<1.24",
+    "pandas==1.5.3",
+    "h5py>=3.8",
+    "tifffile>=2023.1",
+    "scikit-image>=0.22,<0.25",
+    "tqdm>=4.60",
+    "pytest>=7.4",
+)
+
+
+@nox.session
+def allen(session: nox.Session) -> None:
+    """AllenSDK's own env: parity of our reader with EcephysSession, and `meireport fetch`."""
+    session.install(*ALLEN_REQUIREMENTS)
+    session.install("--no-deps", "-e", ".")
+    # An explicit path: pyproject's testpaths + --doctest-modules would import torch-based modules.
+    # Extra pytest arguments go after `--`, e.g. `nox -s allen -- -k counts`.
+    session.run(
+        "pytest",
+        "-m",
+        "allen",
+        "tests/test_allen_parity.py",
+        *session.posargs,
+        env={"MPLBACKEND": "Agg"},
+    )

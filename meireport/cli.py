@@ -1,4 +1,4 @@
-"""Command line: ``meireport simulate | extract | run | build | report``.
+"""Command line: ``meireport simulate | extract | run | build | report | fetch``.
 
 Bad input ends with one line on stderr (``meireport: error: ...``) and exit status 2.
 """
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--neurons", default=None, help="unit ids, comma separated")
         r.add_argument("--quiet", action="store_true", help="no progress bar")
         r.set_defaults(func=func)
+    from meireport.sources.fetch import add_fetch_parser
+
+    add_fetch_parser(sub)
     b = sub.add_parser("build", help="build the Jupyter Book site of a run folder")
     b.add_argument("run_dir")
     b.set_defaults(func=_cmd_build)

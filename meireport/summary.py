@@ -54,7 +54,7 @@ def summary_table(session_dir) -> pd.DataFrame:
     >>> import tempfile, json
     >>> d = Path(tempfile.mkdtemp())
     >>> _ = (d / "status.json").write_text(json.dumps([]))
-    >>> _ = (d / "selection.csv").write_text("unit_id,oracle_corr,selected\\n5,0.4,True\\n")
+    >>> _ = (d / "selection.csv").write_text("unit_id,oracle_corr,selected\n5,0.4,True\n")
     >>> summary_table(d)[["unit_id", "oracle_corr", "status"]].to_dict("records")
     [{'unit_id': 5, 'oracle_corr': 0.4, 'status': 'ok'}]
     """

@@ -84,8 +84,9 @@ def resolve_session(path, session_id: int | None = None) -> tuple[Path, Path | N
     ids = cached_session_ids(p)
     if not ids:
         raise MeireportError(
-            f"path: {p} holds no session_<id>/session_<id>.nwb; "
-            "expected an AllenSDK cache folder (run `meireport simulate --out DIR` to make one)"
+            f"path: {p} holds no session_<id>/session_<id>.nwb; expected an AllenSDK cache folder "
+            "(`meireport fetch --session ID --cache DIR` fills one; `meireport simulate --out DIR` "
+            "makes a simulated one)"
         )
     if session_id is None:
         if len(ids) > 1:
@@ -96,7 +97,9 @@ def resolve_session(path, session_id: int | None = None) -> tuple[Path, Path | N
         session_id = ids[0]
     if int(session_id) not in ids:
         raise MeireportError(
-            f"session_id: {session_id} not in cache {p}; available: {', '.join(map(str, ids))}"
+            f"session_id: {session_id} not in cache {p} (expected session_{int(session_id)}/"
+            f"session_{int(session_id)}.nwb; fetch it with `meireport fetch --session "
+            f"{int(session_id)} --cache {p}`); available: {', '.join(map(str, ids))}"
         )
     nwb = p / f"session_{int(session_id)}" / f"session_{int(session_id)}.nwb"
     return nwb, find_templates_dir(nwb)

@@ -7,7 +7,9 @@ Tables and numbering follow AllenSDK 2.16's ``EcephysSession``:
 - ``units`` is filtered as AllenSDK filters (``quality == "good"``, ``amplitude_cutoff <= 0.1``,
   ``presence_ratio >= 0.95``, ``isi_violations <= 0.5``, peak channel valid and inside the brain);
 - ``stimulus_presentation_id`` is the row position once every ``intervals/*_presentations``
-  table is concatenated and sorted by ``start_time``.
+  table is concatenated and sorted by ``start_time``;
+- a presentation overlapping an ``invalid_times`` interval tagged ``stimulus`` keeps its id and
+  times but is renamed ``invalid_presentation`` (parameters blanked), so no stimulus table holds it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = ["UnitFilter", "Session", "SpikeTimes", "open_session"]
 _ELECTRODES = "general/extracellular_ephys/electrodes"
 _SKIP_INTERVAL_COLUMNS = {"tags", "timeseries", "tags_index", "timeseries_index"}
 _NOT_IN_BRAIN = {"None", "", "nan"}
+_INVALID_TIMES = "intervals/invalid_times"
+INVALID_PRESENTATION = "invalid_presentation"
 
 
 @dataclass(frozen=True)
@@ -348,7 +352,54 @@ class Session:
         table = table.sort_values("start_time", kind="stable").reset_index(drop=True)
         table.index = table.index.astype(np.int64)
         table.index.name = "stimulus_presentation_id"
+        table = self._mask_invalid_presentations(table)
         return table[sorted(table.columns)]
+
+    def _invalid_stimulus_intervals(self) -> np.ndarray:
+        """``k x 2`` (start, stop) of the ``invalid_times`` rows tagged ``stimulus``."""
+        grp = self._file.get(_INVALID_TIMES)
+        if not isinstance(grp, h5py.Group) or "tags" not in grp or "tags_index" not in grp:
+            return np.empty((0, 2))
+        tags = _read_dataset(grp["tags"])
+        ends = np.asarray(grp["tags_index"][()], dtype=np.int64)
+        begins = np.concatenate([[0], ends[:-1]])
+        rows = [
+            i
+            for i, (b, e) in enumerate(zip(begins, ends, strict=True))
+            if "stimulus" in set(tags[b:e].tolist())
+        ]
+        start = np.asarray(grp["start_time"][()], dtype=np.float64)
+        stop = np.asarray(grp["stop_time"][()], dtype=np.float64)
+        return np.column_stack([start[rows], stop[rows]])
+
+    def _mask_invalid_presentations(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Rename presentations that overlap a stimulus-tagged invalid interval, as AllenSDK does.
+
+        AllenSDK 2.16 keeps such a row (same ``stimulus_presentation_id``, start and stop time)
+        but names it ``invalid_presentation`` and blanks its parameters, so it drops out of every
+        stimulus' table. Intervals overlap when ``max(starts) <= min(stops)`` (touching counts).
+        """
+        bad_intervals = self._invalid_stimulus_intervals()
+        if not len(bad_intervals):
+            return table
+        start = table["start_time"].to_numpy(dtype=np.float64)
+        stop = table["stop_time"].to_numpy(dtype=np.float64)
+        bad = np.zeros(len(table), dtype=bool)
+        for b0, b1 in bad_intervals:
+            bad |= np.maximum(start, b0) <= np.minimum(stop, b1)
+        if bad.any():
+            table = table.copy()
+            params = [c for c in table.columns if c not in ("start_time", "stop_time")]
+            for c in params:  # int/bool columns cannot hold NaN
+                if not (
+                    pd.api.types.is_float_dtype(table[c])
+                    or pd.api.types.is_object_dtype(table[c])
+                    or pd.api.types.is_string_dtype(table[c])
+                ):
+                    table[c] = table[c].astype(object)
+            table.loc[bad, params] = np.nan
+            table.loc[bad, "stimulus_name"] = INVALID_PRESENTATION
+        return table
 
     @property
     def stimulus_names(self) -> list[str]:

@@ -609,7 +609,17 @@ def _write_nwb(
     peak: np.ndarray,
     probes: dict,
     extra_acquisition_mb: float,
+    allensdk_format: bool = False,
 ) -> None:
+    """Write the session as Allen-format NWB.
+
+    With ``allensdk_format`` the file also carries what AllenSDK 2.16's ``EcephysSession``
+    insists on (real Allen files have all of it): probes as ``ndx-aibs-ecephys``
+    ``EcephysProbe`` devices and ``EcephysElectrodeGroup`` groups (``probe_id``,
+    ``sampling_rate``, ``lfp_sampling_rate``, ``has_lfp_data``), units with ``cluster_id``,
+    ``spike_amplitudes`` and ``waveform_mean`` (placeholders here), and a ``stimulus_index``
+    column in every presentation table. Spikes, tables and ids are the same either way.
+    """
     import pynwb
     from hdmf.common import VectorData
     from pynwb.epoch import TimeIntervals
@@ -623,7 +633,12 @@ def _write_nwb(
         notes=json.dumps({"meireport_geometry": truth.geometry.to_dict(), "simulated": True}),
         stimulus_notes="brain_observatory_1.1 (simulated subset)",
     )
-    device = nwb.create_device(name="neuropixels", description="simulated Neuropixels 1.0")
+    allen_types = _allensdk_probe_types() if allensdk_format else None
+    device = (
+        None
+        if allen_types
+        else nwb.create_device(name="neuropixels", description="simulated Neuropixels 1.0")
+    )
     for col, desc in (
         ("probe_id", "probe id"),
         ("valid_data", "channel usable"),
@@ -633,12 +648,31 @@ def _write_nwb(
     ):
         nwb.add_electrode_column(name=col, description=desc)
     for name, pr in probes.items():
-        grp = nwb.create_electrode_group(
-            name=name,
-            description=f"{name} (simulated)",
-            location=",".join(sorted(set(pr["location"]))),
-            device=device,
-        )
+        location = ",".join(sorted(set(pr["location"])))
+        if allen_types:
+            probe_cls, group_cls = allen_types
+            dev = probe_cls(
+                name=name,
+                description="Neuropixels 1.0 Probe (simulated)",
+                manufacturer="imec",
+                probe_id=int(pr["probe_id"]),
+                sampling_rate=30000.0,
+            )
+            nwb.add_device(dev)
+            grp = group_cls(
+                name=name,
+                description=f"{name} (simulated)",
+                probe_id=int(pr["probe_id"]),
+                location=location,
+                device=dev,
+                lfp_sampling_rate=2500.0,
+                has_lfp_data=False,
+            )
+            nwb.add_electrode_group(grp)
+        else:
+            grp = nwb.create_electrode_group(
+                name=name, description=f"{name} (simulated)", location=location, device=device
+            )
         for j, cid in enumerate(pr["ids"]):
             nwb.add_electrode(
                 id=int(cid),
@@ -665,8 +699,20 @@ def _write_nwb(
     )
     for c in cols:
         nwb.add_unit_column(name=c, description=c)
+    if allensdk_format:
+        nwb.add_unit_column(name="cluster_id", description="cluster_id")
+        nwb.add_unit_column(name="spike_amplitudes", description="placeholder (V)", index=True)
     duration = sched.t_end
     for i, uid in enumerate(truth.unit_id):
+        allen_cols = (
+            {
+                "cluster_id": i,
+                "spike_amplitudes": np.full(len(spikes[i]), 1e-4),
+                "waveform_mean": np.zeros(82, dtype=np.float32),
+            }
+            if allensdk_format
+            else {}
+        )
         nwb.add_unit(
             id=int(uid),
             spike_times=spikes[i],
@@ -678,10 +724,13 @@ def _write_nwb(
             firing_rate=float(len(spikes[i]) / duration),
             snr=float(metrics["snr"][i]),
             local_index=i,
+            **allen_cols,
         )
-    for name, tab in sched.tables.items():
+    for k, (name, tab) in enumerate(sched.tables.items()):
         n = len(tab["start_time"])
         data = dict(tab) | {"stimulus_name": np.array([name] * n, dtype=object)}
+        if allensdk_format:
+            data["stimulus_index"] = np.full(n, float(k))
         columns = [VectorData(name=k, description=k, data=_nwb_column(v)) for k, v in data.items()]
         nwb.add_time_intervals(
             TimeIntervals(
@@ -699,6 +748,27 @@ def _write_nwb(
 def _nwb_column(v: np.ndarray):
     v = np.asarray(v)
     return [str(x) for x in v] if v.dtype == object else v
+
+
+def _allensdk_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("allensdk") is not None
+
+
+def _allensdk_probe_types():
+    """AllenSDK's ``ndx-aibs-ecephys`` probe types (``EcephysProbe``, ``EcephysElectrodeGroup``).
+
+    Importing them registers the extension's namespace with pynwb; only called when allensdk is
+    installed (``nox -s allen``'s env), never in the core env.
+    """
+    if not _allensdk_installed():
+        raise MeireportError(
+            "allensdk_format: needs allensdk's NWB extension (run in `nox -s allen`'s env)"
+        )
+    from allensdk.brain_observatory.ecephys.nwb import EcephysElectrodeGroup, EcephysProbe
+
+    return EcephysProbe, EcephysElectrodeGroup
 
 
 class _ZeroBlocks(AbstractDataChunkIterator):
@@ -844,6 +914,7 @@ def simulate_session(
     extra_acquisition_mb: float = 0.0,
     noise_shape: float = 4.0,
     progress: bool = False,
+    allensdk_format: bool | None = None,
 ) -> SimulatedSession:
     """Write a simulated Allen-format session into an AllenSDK-cache-shaped folder.
 
@@ -877,6 +948,10 @@ def simulate_session(
         ``1 + rate * 0.25 / noise_shape``); ``inf`` for plain Poisson.
     progress : bool
         Show a progress bar.
+    allensdk_format : bool, optional
+        Also write what AllenSDK 2.16's own reader needs (its ``ndx-aibs-ecephys`` probe types,
+        ``cluster_id``, ``spike_amplitudes``, ``waveform_mean``, ``stimulus_index``); default:
+        when allensdk is installed (``nox -s allen``'s env). Spikes and tables are unchanged.
 
     Returns
     -------
@@ -908,6 +983,11 @@ def simulate_session(
         extra_acquisition_mb,
         noise_shape,
     )
+    if allensdk_format is None:
+        allensdk_format = _allensdk_installed()
+    if allensdk_format:
+        _allensdk_probe_types()  # fail early (one line) when allensdk is missing
+        settings["allensdk_format"] = True  # absent otherwise: older folders still match
     out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise MeireportError(f"out: {out} exists and is not a folder")
@@ -982,6 +1062,7 @@ def simulate_session(
             peak,
             probes,
             extra_acquisition_mb,
+            bool(allensdk_format),
         )
         truth.save(tmp_sess)
         steps.update()
