@@ -34,6 +34,32 @@ def book(session: nox.Session) -> None:
     session.run("meireport", "report", params, env={"MPLBACKEND": "Agg"})
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not tests): writes bench/results.json and bench/results.md (+ PNG plots).
+
+    Every figure is a ratio against a baseline run alongside (AllenSDK's reader in `nox -s allen`'s
+    env, the seed notebook's code, neuralpredictors) or a cost-vs-size curve. Extra arguments go
+    to bench/run_all.py, e.g. `nox -s bench -- --only spikes,oracle` or `-- --quick`.
+    """
+    import sys
+    import time
+    from pathlib import Path
+
+    started = time.time()
+    session.install(*CONSTRAINTS, "-e", ".")
+    if not Path(".nox/allen/bin/python").is_file():
+        # AllenSDK's own env for the side-by-side spike counts (about 2 min); without it the
+        # AllenSDK figures are recorded as not measured
+        try:
+            session.run(sys.executable, "-m", "nox", "-s", "allen", "--install-only",
+                        external=True)
+        except nox.command.CommandFailed:
+            session.warn("could not build the allen env; AllenSDK figures will be missing")
+    session.run("python", "-m", "bench.run_all", "--started-at", str(started), *session.posargs,
+                env={"MPLBACKEND": "Agg"})
+
+
 # AllenSDK 2.16.2 pins numpy<1.24 and pandas==1.5.3: it gets its own env and never enters the core
 # one. pynwb/hdmf are pinned below 3/4 (allensdk cannot read NWB written by pynwb >= 3.1; without
 # the hdmf floor pip lands one that cannot create NWB files); scikit-image < 0.25 is the last

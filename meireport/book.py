@@ -22,6 +22,8 @@ from meireport.run import STAGES, load_run
 __all__ = ["build_book", "book_index", "BOOK_TEMPLATE_DIR"]
 
 BOOK_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "book"
+# `nox -s bench` writes it: the book shows it as a "Performance" page when it exists
+BENCH_RESULTS = BOOK_TEMPLATE_DIR.parent / "bench" / "results.md"
 _HIDDEN_TAGS = {"injected-parameters", "parameters"}
 _STAGE_TITLES = {
     "extract": "Extraction", "select": "Neuron selection", "train": "Model training",
@@ -54,11 +56,16 @@ def _config(title: str) -> dict:
     }
 
 
-def _clean_notebook(src: Path, dst: Path) -> None:
-    """Copy an executed notebook, removing the parameter cells from the page."""
+def _clean_notebook(src: Path, dst: Path, title: str | None = None) -> None:
+    """Copy an executed notebook, removing the parameter cells; optionally retitle the page."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
+    if title:
+        first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+        if first is not None and first.source.startswith("# "):
+            rest = first.source.partition("\n")[2]
+            first.source = f"# {title}\n{rest}"
     for cell in nb.cells:
         tags = set(cell.get("metadata", {}).get("tags", []))
         if tags & _HIDDEN_TAGS:
@@ -103,8 +110,9 @@ def _session_entries(src: Path, run_dir: Path, sid: int, results: list[dict]) ->
             nb = Path(r["notebook"]) if r.get("notebook") else None
             if r["status"] in ("ok", "cached") and nb is not None and nb.is_file():
                 rel = f"sessions/{sid}/units/{uid}/{nb.stem}"
-                _clean_notebook(nb, src / f"{rel}.ipynb")
-                pages.append({"file": rel, "title": f"Neuron {uid}: {_STAGE_TITLES[r['stage']]}"})
+                title = f"Neuron {uid}: {_STAGE_TITLES[r['stage']]}"
+                _clean_notebook(nb, src / f"{rel}.ipynb", title)
+                pages.append({"file": rel, "title": title})
         bad = [r for r in ures if r["status"] in ("failed", "skipped")]
         if bad:
             rel = f"sessions/{sid}/units/{uid}/failed"
@@ -118,6 +126,19 @@ def _session_entries(src: Path, run_dir: Path, sid: int, results: list[dict]) ->
     return {"caption": f"Session {sid}", "chapters": chapters}
 
 
+def _performance_page(src: Path, run_dir: Path) -> list[str]:
+    """Copy the Performance page (the run's own, else the repo's bench results) + its PNGs."""
+    page = run_dir / "performance.md"
+    if not page.is_file():
+        page = BENCH_RESULTS
+    if not page.is_file():
+        return []
+    shutil.copy(page, src / "performance.md")
+    for img in page.parent.glob("*.png"):
+        shutil.copy(img, src / img.name)
+    return ["performance.md"]
+
+
 def _write_source(src: Path, run_dir: Path) -> None:
     run = load_run(run_dir)
     title = run["params"].get("title") or "meireport"
@@ -127,9 +148,7 @@ def _write_source(src: Path, run_dir: Path) -> None:
             raise MeireportError(f"book template {f} is missing (is meireport installed from "
                                  "its repository with `pip install -e .`?)")
         shutil.copy(f, src / name)
-    extra = [p for p in ("performance.md",) if (run_dir / p).is_file()]
-    for p in extra:
-        shutil.copy(run_dir / p, src / p)
+    extra = _performance_page(src, run_dir)
     parts = [{"caption": "Method", "chapters": [{"file": "methods"}]}]
     for sid in run["session_ids"]:
         parts.append(_session_entries(src, run_dir, int(sid), run["results"]))

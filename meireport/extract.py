@@ -6,6 +6,7 @@ the spikes in ``[onset + t0, onset + t1)`` of every presentation at once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,11 +347,13 @@ def extract_to_dir(session, out_dir, area: str | None = "VISam", window=(0.0, 0.
         units["true_kind"] = truth.kind[truth.index_of(ids)]
     save_csv(out / "units.csv", units)
     info = {
-        "session_id": int(session.session_id), "nwb": str(session.path), "area": area,
+        # paths relative to the session folder: a moved run folder keeps identical artifacts
+        "session_id": int(session.session_id), "nwb": os.path.relpath(session.path, out),
+        "area": area,
         "window": list(win), "n_units": int(len(ids)), "n_images": int(len(trials.image_ids)),
         "n_repeats": int(trials.data.shape[2]) if trials.data.size else 0,
         "geometry": session.geometry.to_dict(),
-        "ground_truth": str(truth_path) if truth_path.is_file() else None,
+        "ground_truth": os.path.relpath(truth_path, out) if truth_path.is_file() else None,
         "areas": session.areas,
     }
     save_json(out / "session.json", info)

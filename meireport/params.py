@@ -161,6 +161,7 @@ class GaborParams(_Section):
 
     k: int = Field(3, ge=1, description="top-k session gabors averaged")
     search: bool = True
+    quick: bool = Field(False, description="coarse in-silico search grid (tests, previews)")
     mask_radius: float | None = Field(None, gt=0, description="fixed mask radius (px)")
 
 

@@ -240,7 +240,9 @@ def _task_key(task: Task) -> str | None:
         if not Path(path).is_file():
             return None
         hashes[name] = file_sha256(path)
-    params = {k: v for k, v in task.parameters.items() if k != "run_dir"}
+    # locations are not content: a run folder can be moved or copied and stay cached
+    params = {k: v for k, v in task.parameters.items()
+              if k not in ("run_dir", "session_dir", "out_dir")}
     return section_hash(task.stage, file_sha256(task.template), package_hash(), params, hashes)
 
 
@@ -445,6 +447,10 @@ def run(
         summary = [s for s in available_stages() if s.level == "summary"]
         summary_tasks = [_make_task(params, run_dir, st, sid, None)
                          for sid in session_ids for st in summary]
+        for t in summary_tasks:  # the summary reads every neuron's outputs of its session
+            t.inputs |= {f"{n.unit_id}:{name}": path for n in neuron_tasks
+                         if n.session_id == t.session_id for name, path in n.outputs.items()
+                         if Path(path).is_file()}
         bar.total += len(summary_tasks)
         result.results += _run_wave(run_dir, summary_tasks, submit_all, bar)
     finally:

@@ -1109,7 +1109,8 @@ def select_to_dir(session_dir, selection: Mapping) -> pd.DataFrame:
     counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
     geometry = ScreenGeometry.from_dict(info["geometry"])
     rf = receptive_fields(table, counts, geometry.deg_to_px, seed=int(selection.get("seed", 0)))
-    metrics = metrics.merge(rf, on="unit_id", how="left")
+    metrics = metrics.merge(rf.rename(columns={"n_spikes": "rf_n_spikes"}), on="unit_id",
+                            how="left")
     if "true_kind" in units.columns:
         metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
     out = select_units(metrics, rule_from_params(selection))

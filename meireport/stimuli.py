@@ -211,3 +211,156 @@ def render_gabor(
     env = np.exp(-(dx**2 + dy**2) / (2 * sigma_px**2))
     carrier = np.cos(2 * np.pi * geometry.cycles_per_px(sf_cpd) * u + phase)
     return np.clip(0.5 + 0.5 * contrast * env * carrier, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# gabor presentations as model images (training stimuli)
+# --------------------------------------------------------------------------------------------
+GABOR_CONDITION_COLUMNS: tuple[str, ...] = (
+    "orientation",
+    "x_position",
+    "y_position",
+    "spatial_frequency",
+    "size",
+    "contrast",
+    "temporal_frequency",
+    "duration",
+)
+
+
+def drift_phases(temporal_frequency: float, duration: float, n_phases: int = 8) -> np.ndarray:
+    """Carrier phases (radians) a drifting grating passes through during one presentation.
+
+    The presentation is sampled at ``n_phases`` evenly spaced times in ``[0, duration)``; the
+    phase advances by ``2 pi * temporal_frequency`` per second. At 4 Hz over 250 ms this is one
+    full cycle: ``n_phases`` evenly spaced phases in ``[0, 2 pi)``.
+
+    Examples
+    --------
+    >>> np.round(drift_phases(4.0, 0.25, 4) / np.pi, 3).tolist()
+    [0.0, 0.5, 1.0, 1.5]
+    """
+    if int(n_phases) < 1:
+        raise MeireportError(f"n_phases: must be >= 1, got {n_phases}")
+    if not (np.isfinite(temporal_frequency) and np.isfinite(duration)) or duration < 0:
+        raise MeireportError(
+            f"temporal_frequency, duration: expected finite numbers and duration >= 0, "
+            f"got ({temporal_frequency}, {duration})"
+        )
+    t = duration * np.arange(int(n_phases)) / int(n_phases)
+    return 2 * np.pi * float(temporal_frequency) * t
+
+
+def gabor_conditions(table) -> tuple:
+    """Distinct gabor conditions of a ``gabors`` stimulus table and each presentation's condition.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        ``Session.stimulus_table("gabors")``: ``orientation``, ``x_position``, ``y_position``
+        (degrees) and optionally ``spatial_frequency`` (cycles/degree), ``size`` (degrees, may be
+        an Allen pair string), ``contrast``, ``temporal_frequency`` (Hz), ``duration`` (s).
+        Missing optional columns take Allen's values (0.08 cpd, 20 deg, 0.8, 4 Hz, 0.25 s).
+
+    Returns
+    -------
+    conditions : pandas.DataFrame
+        One row per distinct condition, columns :data:`GABOR_CONDITION_COLUMNS` (numbers;
+        duration rounded to 10 ms).
+    index : ndarray of int64
+        Condition row of each presentation (aligned with ``table``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"orientation": [0, 90, 0], "x_position": [0, 0, 0],
+    ...                   "y_position": [10, 10, 10], "size": ["[20.0, 20.0]"] * 3})
+    >>> cond, idx = gabor_conditions(t)
+    >>> len(cond), idx.tolist()
+    (2, [0, 1, 0])
+    """
+    import pandas as pd
+
+    if not isinstance(table, pd.DataFrame) or len(table) == 0:
+        raise MeireportError("table: expected a non-empty DataFrame of gabor presentations")
+    missing = [c for c in ("orientation", "x_position", "y_position") if c not in table]
+    if missing:
+        raise MeireportError(f"table: gabor table lacks column(s) {missing}")
+    defaults = {
+        "spatial_frequency": 0.08,
+        "size": 20.0,
+        "contrast": 0.8,
+        "temporal_frequency": 4.0,
+        "duration": 0.25,
+    }
+    cols = {}
+    for c in GABOR_CONDITION_COLUMNS:
+        if c in table:
+            values = [parse_pair(v) for v in table[c]]
+        else:
+            values = [defaults[c]] * len(table)
+        cols[c] = np.asarray(values, dtype=np.float64)
+    cols["duration"] = np.round(cols["duration"], 2)
+    frame = pd.DataFrame(cols)
+    if frame.isna().any().any():
+        raise MeireportError("table: gabor parameters contain NaN")
+    cond, index = np.unique(frame.to_numpy(), axis=0, return_inverse=True)
+    conditions = pd.DataFrame(cond, columns=list(GABOR_CONDITION_COLUMNS))
+    return conditions, np.asarray(index, dtype=np.int64).ravel()
+
+
+def render_gabor_conditions(
+    conditions, geometry: ScreenGeometry | None = None, n_phases: int = 8
+) -> np.ndarray:
+    """Model images of drifting gabor conditions, sampled at ``n_phases`` drift phases.
+
+    A drifting gabor is not one image: the simulator (and a neuron) averages its response over
+    the phases the grating drifts through. The response to a condition is therefore modelled as
+    the mean of the responses to these ``n_phases`` images — the phase-averaged *image* would be
+    nearly uniform grey and is not a substitute.
+
+    Parameters
+    ----------
+    conditions : pandas.DataFrame
+        From :func:`gabor_conditions`.
+    geometry : ScreenGeometry, optional
+        Degree -> pixel mapping (default ``ScreenGeometry()``).
+    n_phases : int
+        Drift phases sampled per presentation (8 matches the simulator).
+
+    Returns
+    -------
+    ndarray
+        ``conditions x n_phases x rows x cols`` images in [0, 1] (``float32``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"orientation": [0.0], "x_position": [0.0], "y_position": [0.0]})
+    >>> render_gabor_conditions(gabor_conditions(t)[0], n_phases=4).shape
+    (1, 4, 60, 96)
+    """
+    geometry = ScreenGeometry() if geometry is None else geometry
+    out = np.empty((len(conditions), int(n_phases), *geometry.shape), dtype=np.float32)
+    for i, c in enumerate(conditions.itertuples(index=False)):
+        phases = drift_phases(c.temporal_frequency, c.duration, n_phases)
+        for j, ph in enumerate(phases):
+            out[i, j] = render_gabor(
+                geometry,
+                c.x_position,
+                c.y_position,
+                c.orientation,
+                c.spatial_frequency,
+                c.size,
+                ph,
+                c.contrast,
+            )
+    return out
+
+
+__all__ += [
+    "GABOR_CONDITION_COLUMNS",
+    "drift_phases",
+    "gabor_conditions",
+    "render_gabor_conditions",
+]

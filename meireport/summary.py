@@ -42,7 +42,7 @@ def _status(rows: list[dict], uid: int) -> str:
     bad = [r for r in rows if r.get("unit_id") == uid and r["status"] in ("failed", "skipped")]
     if not bad:
         return "ok"
-    r = bad[0]
+    r = next((b for b in bad if b["status"] == "failed"), bad[0])  # the cause, not its echoes
     return f"failed at {r['stage']}: {r.get('error') or ''}".strip()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -55,34 +56,54 @@ def test_end_to_end(tiny_run):
 
 
 def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_path):
-    out, _, _ = tiny_run
+    src, _, _ = tiny_run
+    out = tmp_path / "moved_run"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("book"))  # a moved run stays cached
     again = run(TINY, out=out, progress=False)
     assert again.executed == [] and all(r.status == "cached" for r in again.results)
-    # a selection parameter: selection, the neurons and the summary re-run; extraction does not
+    # an MEI parameter: only the MEI, the Gabor comparison and the summary re-run
     p = load_params(TINY)
-    changed = p.model_copy(update={"selection": p.selection.model_copy(update={"seed": 7})})
-    res = run(changed, out=out, progress=False)
-    executed = {r.stage for r in res.executed}
-    assert "extract" not in executed and {"select", "summary"} <= executed
+    mei = p.model_copy(update={"mei": p.mei.model_copy(update={"steps": 25})})
+    res = run(mei, out=out, progress=False)
+    assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
     # deleting one artifact re-executes just its producer (outputs are byte-reproducible)
     (sdir,) = (out / "results").iterdir()
     (sdir / "images.npz").unlink()
-    res = run(changed, out=out, progress=False)
+    res = run(mei, out=out, progress=False)
     assert {r.stage for r in res.executed} == {"extract"}
     assert (sdir / "images.npz").is_file()
 
 
-def test_failure_is_isolated(tmp_path):
+def test_failure_is_isolated(tiny_run):
+    out, res, _ = tiny_run
+    good = sorted({r.unit_id for r in res.results if r.unit_id is not None})
+    assert good, "the tiny run selected no neuron"
+    again = run(TINY, out=out, neurons=[good[0], 1], progress=False)  # unit 1 does not exist
+    bad = [r for r in again.results if r.unit_id == 1]
+    assert bad and all(r.status in ("failed", "skipped") for r in bad)
+    assert any("unit_id: 1 is not a unit" in (r.error or "") for r in bad)
+    assert all(r.status in ("ok", "cached") for r in again.results if r.unit_id == good[0])
+    index = build_book(out)
+    page = index.parent / "sessions" / str(res.results[0].session_id) / "units" / "1"
+    text = " ".join(re.sub(r"<[^>]+>", "", f.read_text()) for f in page.rglob("*.html"))
+    assert "unit_id: 1 is not a unit" in " ".join(text.split())
+    summary = _summary(out)
+    assert summary.set_index("unit_id").loc[1, "status"].startswith("failed at train")
+    back = run(TINY, out=out, progress=False)  # back to the selected neurons (summary only)
+    assert {r.stage for r in back.executed} == {"summary"}
+    build_book(out)
+
+
+def test_select_session_failure_does_not_stop_the_run(tmp_path):
     p = load_params(TINY)
     bad = p.model_copy(update={"selection": p.selection.model_copy(update={"units": [1, 2]})})
     res = run(bad, out=tmp_path, progress=False)
-    failed = {r.stage for r in res.failed}
-    assert "select" in failed  # unknown explicit units: the selection notebook raises
+    assert {(r.stage, r.status) for r in res.failed} == {("select", "failed"),
+                                                         ("summary", "skipped")}
     assert any(r.stage == "extract" and r.status == "ok" for r in res.results)
     index = build_book(tmp_path)
-    page = index.parent / "sessions" / str(res.results[0].session_id)
-    text = "\n".join(f.read_text() for f in page.rglob("*.html"))
-    assert "could not be produced" in text or "MeireportError" in text
+    text = "\n".join(f.read_text() for f in index.parent.rglob("*.html"))
+    assert "MeireportError" in text or "could not be produced" in text
 
 
 def test_dask_cluster_gives_same_summary(tiny_run, tmp_path):
@@ -93,7 +114,11 @@ def test_dask_cluster_gives_same_summary(tiny_run, tmp_path):
                       dashboard_address=None, processes=True) as cluster:
         res = run(TINY, out=tmp_path, scheduler=cluster.scheduler_address, progress=False)
     assert not res.failed
-    pd.testing.assert_frame_equal(_summary(tmp_path), _summary(out))
+    a, b = _summary(tmp_path), _summary(out)
+    timing = [c for c in a.columns if "seconds" in c]  # wall-clock differs, nothing else
+    # torch's float reductions depend on the worker's thread count: equal to ~1e-9, not bit-equal
+    pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing),
+                                  check_exact=False, rtol=1e-6)
 
 
 def test_params_errors_one_line_per_field(tmp_path):

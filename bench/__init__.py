@@ -1,0 +1,1 @@
+"""Performance benchmarks of meireport (not tests): ``nox -s bench``."""

@@ -1,0 +1,224 @@
+"""Best session Gabor (on the simulator's gabor responses) and the in-silico Gabor search."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from meireport.compare import energy_centre, equalize
+from meireport.errors import MeireportError
+from meireport.gabor import (
+    PARAMS,
+    GaborSearchConfig,
+    _canonical,
+    gabor_conditions,
+    gabor_search,
+    render_gabors,
+    session_gabor,
+)
+from meireport.mei import EnergyModel, LinearModel
+from meireport.stimuli import ScreenGeometry, render_gabor
+
+GEOM = ScreenGeometry()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def circ_diff(a, b, period=180.0):
+    d = abs(a - b) % period
+    return min(d, period - d)
+
+
+# ---------------------------------------------------------------------------- rendering
+def test_render_gabors_matches_render_gabor():
+    rng = np.random.default_rng(0)
+    p = {
+        "x_deg": rng.uniform(-50, 50, 6),
+        "y_deg": rng.uniform(-30, 30, 6),
+        "orientation_deg": rng.uniform(0, 360, 6),
+        "sf_cpd": rng.uniform(0.02, 0.2, 6),
+        "size_deg": rng.uniform(5, 80, 6),
+        "phase": rng.uniform(0, 2 * np.pi, 6),
+    }
+    many = render_gabors(GEOM, 0.7, **p)
+    for i in range(6):
+        one = render_gabor(GEOM, *(p[k][i] for k in PARAMS[:5]), phase=p["phase"][i], contrast=0.7)
+        assert np.allclose(many[i], one)
+    with pytest.raises(MeireportError, match="missing"):
+        render_gabors(GEOM, x_deg=0.0)
+
+
+def test_canonical_parameters_render_the_same_image():
+    for ori in (-170.0, -30.0, 200.0, 350.0, 555.0):
+        p = {
+            "x_deg": 10.0,
+            "y_deg": -5.0,
+            "orientation_deg": ori,
+            "sf_cpd": 0.09,
+            "size_deg": 30.0,
+            "phase": 1.1,
+        }
+        c = _canonical(p)
+        assert 0 <= c["orientation_deg"] < 180 and 0 <= c["phase"] < 2 * np.pi
+        assert np.allclose(render_gabors(GEOM, **p), render_gabors(GEOM, **c))
+
+
+# ---------------------------------------------------------------------------- session gabor
+def toy_responses():
+    table = pd.DataFrame(
+        {
+            "orientation": [0.0, 45.0, 0.0, 90.0, 45.0, 90.0],
+            "x_position": [-20.0, 10.0, -20.0, 30.0, 10.0, 30.0],
+            "y_position": [0.0, 10.0, 0.0, -10.0, 10.0, -10.0],
+            "size": ["[20.0, 20.0]"] * 6,
+            "spatial_frequency": [0.08] * 6,
+            "contrast": [0.8] * 6,
+        },
+        index=pd.Index([11, 12, 13, 14, 15, 16], name="stimulus_presentation_id"),
+    )
+    counts = pd.DataFrame({5: [4, 9, 6, 1, 7, 2]}, index=table.index)
+    return SimpleNamespace(table=table, counts=counts)
+
+
+def test_conditions_are_trial_averaged_and_sorted():
+    c = gabor_conditions(toy_responses(), 5)
+    assert c["mean_count"].tolist() == [8.0, 5.0, 1.5]
+    assert c["n"].tolist() == [2.0, 2.0, 2.0]
+    assert c.loc[0, ["orientation_deg", "x_deg", "y_deg", "size_deg"]].tolist() == [
+        45.0,
+        10.0,
+        10.0,
+        20.0,
+    ]
+    with pytest.raises(MeireportError, match="unit_id: 6"):
+        gabor_conditions(toy_responses(), 6)
+
+
+def test_session_gabor_renders_recorded_position_and_orientation():
+    """The seed drew only the orientation, always at the image centre."""
+    sg = session_gabor(toy_responses(), 5, GEOM, k=1)
+    assert np.allclose(sg.image, render_gabor(GEOM, 10.0, 10.0, 45.0, 0.08, 20.0, 0.0, 0.8))
+    col, row = GEOM.deg_to_px(10.0, 10.0)
+    assert energy_centre(sg.image, background=0.5) == pytest.approx((row, col), abs=0.5)
+    two = session_gabor(toy_responses(), 5, GEOM, k=2)
+    assert (two.x_deg, two.y_deg) == (-5.0, 5.0)
+    assert len(two.conditions) == 2
+    with pytest.raises(MeireportError, match="k: expected an integer >= 1"):
+        session_gabor(toy_responses(), 5, k=0)
+
+
+def test_session_gabor_recovers_rf_position(default_session):
+    from meireport.extract import gabor_responses
+    from meireport.sources import open_session
+
+    truth = default_session.truth
+    with open_session(default_session.cache_dir) as s:
+        gr = gabor_responses(s)
+        geom = s.geometry
+    errors = []
+    for u in gr.counts.columns:
+        i = int(truth.index_of([u])[0])
+        if truth.kind[i] not in ("simple", "complex"):
+            continue
+        sg = session_gabor(gr, u, geom)
+        errors.append(
+            np.hypot(sg.x_deg - truth.rf_params["x_deg"][i], sg.y_deg - truth.rf_params["y_deg"][i])
+        )
+    errors = np.array(errors)
+    assert len(errors) > 40
+    assert np.median(errors) < 6.0  # the gabor grid is 10 deg
+    assert np.mean(errors < 10.0) >= 0.7
+
+
+# ---------------------------------------------------------------------------- search
+def unit_rf(x, y, ori, sf, size, phase=0.0):
+    w = render_gabor(GEOM, x, y, ori, sf, size, phase=phase, contrast=1.0) - 0.5
+    w -= w.mean()
+    return w / np.linalg.norm(w)
+
+
+def test_search_recovers_a_linear_gabor_unit():
+    truth = (-22.0, 13.0, 125.0, 0.11, 28.0)
+    res = gabor_search(LinearModel(unit_rf(*truth, phase=1.0)), GEOM, mean=0.5, std=0.06)
+    p = res.params
+    assert np.hypot(p["x_deg"] - truth[0], p["y_deg"] - truth[1]) < 3.0
+    assert circ_diff(p["orientation_deg"], truth[2]) < 5.0
+    assert p["sf_cpd"] == pytest.approx(truth[3], rel=0.15)
+    assert p["size_deg"] == pytest.approx(truth[4], rel=0.35)
+    assert res.response >= res.grid_response > 0
+    assert res.image.mean() == pytest.approx(0.5, abs=1e-6)
+    assert res.image.std() == pytest.approx(0.06, abs=1e-6)
+    assert set(res.summary()) >= {"gabor_x_deg", "gabor_pred", "gabor_search_seconds"}
+
+
+def test_search_on_an_energy_unit_finds_orientation_and_frequency():
+    even = unit_rf(15.0, -8.0, 40.0, 0.07, 35.0)
+    odd = unit_rf(15.0, -8.0, 40.0, 0.07, 35.0, phase=np.pi / 2)
+    cfg = GaborSearchConfig(n_orientations=8, sizes_deg=(20.0, 40.0), refine_iters=15)
+    res = gabor_search(EnergyModel(even, odd), GEOM, mean=0.5, std=0.06, config=cfg)
+    assert circ_diff(res.params["orientation_deg"], 40.0) < 6.0
+    assert res.params["sf_cpd"] == pytest.approx(0.07, rel=0.2)
+    assert np.hypot(res.params["x_deg"] - 15.0, res.params["y_deg"] + 8.0) < 5.0
+
+
+def test_search_at_equal_footing_beats_every_grid_gabor_shown_the_same_way():
+    w = unit_rf(5.0, 0.0, 80.0, 0.09, 30.0)
+    model = LinearModel(w)
+    cfg = GaborSearchConfig(
+        n_orientations=6,
+        sfs_cpd=(0.05, 0.09),
+        sizes_deg=(30.0,),
+        position_step_deg=20.0,
+        refine_iters=8,
+    )
+    res = gabor_search(model, GEOM, mean=0.45, std=0.15, config=cfg)
+    rivals = equalize(
+        render_gabors(
+            GEOM,
+            x_deg=0.0,
+            y_deg=0.0,
+            orientation_deg=[0.0, 80.0],
+            sf_cpd=0.09,
+            size_deg=30.0,
+            phase=0.0,
+        ),
+        0.45,
+        0.15,
+    )
+    drive = ((rivals - 0.5) * w).sum(axis=(1, 2))
+    assert res.response >= drive.max()
+
+
+def test_search_without_footing_stays_within_bounds():
+    w = unit_rf(0.0, 0.0, 0.0, 0.05, 60.0)
+    cfg = GaborSearchConfig(
+        n_orientations=4,
+        sfs_cpd=(0.05,),
+        sizes_deg=(60.0,),
+        position_step_deg=30.0,
+        refine_iters=20,
+    )
+    res = gabor_search(LinearModel(w), GEOM, config=cfg)
+    assert res.params["size_deg"] <= 2 * 96 * 1.5 + 1e-9
+    assert res.image.max() <= 1 and res.image.min() >= 0
+
+
+def test_search_input_checks():
+    with pytest.raises(MeireportError, match="model: expected a callable"):
+        gabor_search("not a model")
+    with pytest.raises(MeireportError, match="mean/std"):
+        gabor_search(LinearModel(np.zeros((60, 96))), mean=0.5)
+    with pytest.raises(MeireportError, match="sfs_cpd"):
+        GaborSearchConfig(sfs_cpd=())
+    with pytest.raises(MeireportError, match="n_phases"):
+        GaborSearchConfig(n_phases=0)

@@ -1,0 +1,303 @@
+"""MEI synthesis: the loop's pieces, models with a known optimum, and the in-silico inception loop.
+
+Until trained models land (the models issue), the positive control uses the simulator's TRUE
+neurons as the model (:class:`meireport.mei.TrueNeuron`): it checks the synthesis and the
+comparison machinery, not how much a model can learn from 118 images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from meireport.compare import (
+    best_gabor_true_resp,
+    best_image_true_resp,
+    equalize,
+    footing,
+    mei_rf_corr,
+    mei_true_resp,
+    phase_invariant_correlation,
+    pixel_correlation,
+    stimulus_mask,
+)
+from meireport.errors import MeireportError
+from meireport.mei import (
+    EnergyModel,
+    EnsembleModel,
+    LinearModel,
+    MEIConfig,
+    TrueNeuron,
+    UnitModel,
+    agreement,
+    blur_sigmas,
+    ensemble_meis,
+    fourier_filter,
+    gaussian_blur,
+    generate_mei,
+    precondition,
+    predict,
+    rescale_unit,
+    start_images,
+    target_contrast,
+)
+from meireport.stimuli import ScreenGeometry, render_gabor
+
+GEOM = ScreenGeometry()
+FAST = MEIConfig(steps=120)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def train_images():
+    return np.random.default_rng(0).uniform(0.2, 0.8, size=(12, 60, 96))
+
+
+def unit_rf(x, y, ori, sf, size, phase=0.0):
+    w = render_gabor(GEOM, x, y, ori, sf, size, phase=phase, contrast=1.0) - 0.5
+    w -= w.mean()
+    return w / np.linalg.norm(w)
+
+
+# ---------------------------------------------------------------------------- pieces
+def test_config_checks_each_field():
+    for kw, match in [
+        ({"steps": 0}, "steps"),
+        ({"step_size": 0}, "step_size"),
+        ({"blur_fraction": 0}, "blur_fraction"),
+        ({"starts": ("noise", "white")}, "starts"),
+        ({"starts": ()}, "starts"),
+        ({"target_std": -1.0}, "target_std"),
+        ({"dtype": "float16"}, "dtype"),
+    ]:
+        with pytest.raises(MeireportError, match=match):
+            MEIConfig(**kw)
+    assert MEIConfig().to_dict()["starts"] == ["noise", "noise", "black", "grey"]
+
+
+def test_fourier_filter_favours_low_frequencies():
+    f = fourier_filter((60, 96), 0.25)
+    assert f.mean().item() == pytest.approx(1.0)
+    assert f[0, 1] > f[0, 10] > f[0, 48]
+    assert f[1, 0] == pytest.approx(f[-1, 0].item())  # negative frequencies folded
+    assert torch.allclose(fourier_filter((60, 96), 0.0), torch.ones(60, 49, dtype=torch.float64))
+    g = torch.randn(3, 1, 60, 96, dtype=torch.float64)
+    assert torch.allclose(precondition(g, fourier_filter((60, 96), 0.0)), g)
+
+
+def test_blur_rescale_and_schedule():
+    x = torch.rand(2, 1, 60, 96)
+    assert torch.allclose(gaussian_blur(torch.full_like(x, 0.3), 3.0), torch.full_like(x, 0.3))
+    assert torch.equal(gaussian_blur(x, 0.01), x)
+    assert gaussian_blur(x, 2.0).std() < x.std()
+    y = rescale_unit(3 * x - 1)
+    assert torch.allclose(y.flatten(1).min(1).values, torch.zeros(2))
+    assert torch.allclose(y.flatten(1).max(1).values, torch.ones(2))
+    assert torch.all(rescale_unit(torch.zeros(1, 1, 4, 4)) == 0.5)
+    s = blur_sigmas(MEIConfig(steps=100, blur_start=7.0, blur_end=0.0, blur_fraction=0.1))
+    assert s[0] == 7.0 and np.all(np.diff(s) <= 0) and np.all(s[10:] == 0.0)
+
+
+def test_starts_are_seeded():
+    cfg = MEIConfig(starts=("noise", "noise", "black", "grey"), seed=3)
+    a, b = start_images(cfg, (60, 96)), start_images(cfg, (60, 96))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a[0], a[1])
+    assert a.min() >= 0 and a.max() <= 1
+    assert a[2].max() <= 1e-3 and abs(a[3].mean() - 0.5) < 1e-3
+    assert not np.allclose(start_images(MEIConfig(seed=4), (60, 96))[0], a[0])
+
+
+def test_target_contrast_is_mean_image_std():
+    imgs = np.stack([np.full((4, 4), 0.3), np.tile([0.0, 1.0], (4, 2))])
+    assert target_contrast(imgs) == pytest.approx(0.25)
+    with pytest.raises(MeireportError, match="images"):
+        target_contrast(np.zeros((4, 4)))
+
+
+def test_adapters():
+    pop = nn.Sequential(nn.Flatten(), nn.Linear(60 * 96, 3))
+    x = torch.rand(5, 1, 60, 96)
+    assert torch.allclose(UnitModel(pop, 1)(x), pop(x)[:, 1])
+    with pytest.raises(MeireportError, match="index"):
+        UnitModel(pop, 7)(x)
+    w = unit_rf(0, 0, 30, 0.1, 30)
+    ens = EnsembleModel([LinearModel(w), LinearModel(3 * w)])
+    assert torch.allclose(ens(x), 2 * LinearModel(w)(x), atol=1e-5)
+    with pytest.raises(MeireportError, match="one response per image"):
+        generate_mei(pop, np.random.default_rng(0).random((2, 60, 96)), MEIConfig(steps=2))
+    assert predict(UnitModel(pop, 2), x[:, 0].numpy()).shape == (5,)
+    double = LinearModel(w).double()  # dtype "auto" follows the model
+    res = generate_mei(double, np.random.default_rng(0).random((2, 60, 96)), MEIConfig(steps=3))
+    assert res.mei.dtype == np.float64 and np.isfinite(res.response)
+    with pytest.raises(MeireportError, match="model: expected finite responses"):
+        generate_mei(lambda t: t.sum(dim=(1, 2, 3)) * np.nan, x[:2, 0].numpy(), MEIConfig(steps=2))
+
+
+# ---------------------------------------------------------------------------- known optimum
+def test_mei_of_linear_gabor_unit_is_its_filter(train_images):
+    w = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
+    res = generate_mei(LinearModel(w), train_images, FAST)
+    assert pixel_correlation(res.mei, w) >= 0.9
+    assert res.mei.shape == (60, 96) and res.mei.min() >= 0 and res.mei.max() <= 1
+    assert res.reliable and res.status == "reliable"
+    assert res.c_star == pytest.approx(target_contrast(train_images))
+
+
+def test_mei_of_energy_unit_is_a_phase_of_its_pair(train_images):
+    even = unit_rf(-20.0, 10.0, 120.0, 0.08, 35.0)
+    odd = unit_rf(-20.0, 10.0, 120.0, 0.08, 35.0, phase=np.pi / 2)
+    res = generate_mei(EnergyModel(even, odd), train_images, FAST)
+    z = res.mei - res.mei.mean()
+    basis = np.stack([even.ravel(), odd.ravel()], 1)
+    coef, *_ = np.linalg.lstsq(basis, z.ravel(), rcond=None)
+    assert pixel_correlation(res.mei, (basis @ coef).reshape(60, 96)) >= 0.9
+    assert phase_invariant_correlation(res.mei, even) >= 0.9
+    assert res.status in ("reliable", "phase-invariant")  # the phase is free
+
+
+@pytest.mark.parametrize("kind", ["linear", "energy"])
+def test_predicted_response_increases_over_steps(kind, train_images):
+    even = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0)
+    odd = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0, phase=np.pi / 2)
+    model = LinearModel(even) if kind == "linear" else EnergyModel(even, odd)
+    res = generate_mei(model, train_images, FAST)
+    for st in res.starts:
+        assert len(st.response) == len(st.std) == FAST.steps + 1
+        assert st.response[-1] > st.response[0] + 1.0
+        assert st.response[-1] >= 0.9 * st.response.max()
+        assert np.mean(st.response[FAST.steps // 2 :]) > np.mean(st.response[: FAST.steps // 2])
+    assert res.response == max(st.final_response for st in res.starts)
+
+
+def test_same_seed_same_mei_other_seed_same_optimum(train_images):
+    w = unit_rf(5.0, 5.0, 10.0, 0.12, 25.0)
+    cfg = MEIConfig(steps=60, starts=("noise", "noise"))
+    a = generate_mei(LinearModel(w), train_images, cfg)
+    b = generate_mei(LinearModel(w), train_images, cfg)
+    assert np.array_equal(a.mei, b.mei)
+    assert all(
+        np.array_equal(x.response, y.response) for x, y in zip(a.starts, b.starts, strict=True)
+    )
+    c = generate_mei(LinearModel(w), train_images, MEIConfig(steps=60, starts=cfg.starts, seed=9))
+    assert not np.array_equal(c.starts[0].response, a.starts[0].response)
+    assert pixel_correlation(c.mei, a.mei) > 0.95
+
+
+def test_flag_raised_when_starts_disagree(train_images):
+    """Two equally good optima far apart: the MEI depends on the start -- not a finding."""
+    w1 = unit_rf(-30.0, 0.0, 0.0, 0.1, 25.0)
+    w2 = unit_rf(30.0, 0.0, 0.0, 0.1, 25.0)
+
+    class TwoFeatures(nn.Module):
+        def forward(self, x):
+            a, b = LinearModel(w1)(x), LinearModel(w2)(x)
+            return torch.logsumexp(torch.stack([4 * a, 4 * b]), dim=0) / 4
+
+    res = generate_mei(TwoFeatures(), train_images, MEIConfig(steps=60, starts=("noise",) * 6))
+    corr_with = [
+        max(pixel_correlation(s.image, w1), pixel_correlation(s.image, w2)) for s in res.starts
+    ]
+    assert min(corr_with) > 0.8  # every start found one of the two optima ...
+    assert not res.reliable and res.status == "unreliable"  # ... not the same one
+
+
+def test_ensemble_agreement(train_images):
+    w = unit_rf(0.0, 0.0, 45.0, 0.1, 30.0)
+    cfg = MEIConfig(steps=40, starts=("noise", "grey"))
+    same = ensemble_meis([LinearModel(w), LinearModel(0.5 * w)], train_images, cfg)
+    assert same.reliable and len(same.members) == 2
+    other = unit_rf(-30.0, 15.0, 135.0, 0.06, 30.0)
+    split = ensemble_meis([LinearModel(w), LinearModel(other)], train_images, cfg)
+    assert not split.reliable and split.reliability < 0.5
+    assert agreement([w])[1] == 1.0
+
+
+# ---------------------------------------------------------------------------- true neurons
+def test_true_neuron_matches_true_rate(small_session):
+    from meireport.sources import true_rate
+
+    truth = small_session.truth
+    imgs = np.random.default_rng(1).uniform(0, 1, size=(6, 60, 96))
+    for kind in ("simple", "complex", "untuned"):
+        u = int(truth.unit_id[np.flatnonzero(truth.kind == kind)[0]])
+        got = predict(TrueNeuron(truth, u, smooth=0.0), imgs)
+        assert np.allclose(got, true_rate(truth, imgs, [u])[0], rtol=1e-4, atol=1e-3)
+    with pytest.raises(MeireportError, match="unit_ids"):
+        TrueNeuron(truth, 12345)
+
+
+@pytest.fixture(scope="module")
+def rich_session(tmp_path_factory):
+    """A data-rich session (1000 images) with a few tuned units."""
+    from meireport.sources import open_session, simulate_session
+
+    sim = simulate_session(
+        tmp_path_factory.mktemp("rich"),
+        seed=5,
+        n_images=1000,
+        n_repeats=2,
+        population={"VISp": (6, 5, 1, 0)},
+    )
+    with open_session(sim.cache_dir) as s:
+        images = s.model_images(range(1000))
+        from meireport.extract import gabor_responses
+
+        gabors = gabor_responses(s)
+        units = list(s.units.index)
+    return sim.truth, images, gabors, units
+
+
+def test_inception_loop_on_true_neurons(rich_session):
+    """Positive control: the true neurons stand in for a trained model."""
+    from meireport.gabor import session_gabor
+
+    truth, images, gabors, units = rich_session
+    mean, c_star = footing(images)
+    images = equalize(images, mean, c_star)  # equal footing is idempotent: do it once
+    corr, beats_image, beats_masked, beats_gabor = {}, [], [], []
+    for u in units:
+        kind = str(truth.kind[truth.index_of([u])[0]])
+        if kind not in ("simple", "complex"):
+            continue
+        res = generate_mei(TrueNeuron(truth, u), images, FAST)
+        corr.setdefault(kind, []).append(mei_rf_corr(truth, u, res.mei))
+        mei_r = mei_true_resp(truth, u, res.mei, mean=mean, std=c_star)
+        img_r = best_image_true_resp(truth, u, images, mean=mean, std=c_star)
+        masked_r = best_image_true_resp(
+            truth, u, images, mean=mean, std=c_star, mask=stimulus_mask(res.mei)
+        )
+        gab_r = best_gabor_true_resp(
+            truth, u, session_gabor(gabors, u).image, mean=mean, std=c_star
+        )
+        beats_image.append(mei_r > img_r)
+        beats_masked.append(mei_r > masked_r)
+        beats_gabor.append(mei_r > gab_r)
+    assert len(corr["simple"]) == 6 and len(corr["complex"]) == 5
+    assert min(corr["simple"]) >= 0.7
+    assert np.median(corr["complex"]) >= 0.7
+    assert np.mean(beats_image) >= 0.8
+    assert np.mean(beats_masked) >= 0.8
+    assert np.mean(beats_gabor) >= 0.8
+
+
+def test_mei_rf_corr_definition(small_session):
+    truth = small_session.truth
+    i = int(np.flatnonzero(truth.kind == "complex")[0])
+    u = int(truth.unit_id[i])
+    for phase in np.linspace(0, 2 * np.pi, 5):
+        stim = 0.5 + np.cos(phase) * truth.rf_even[i] + np.sin(phase) * truth.rf_odd[i]
+        assert mei_rf_corr(truth, u, stim) == pytest.approx(1.0, abs=1e-6)
+    j = int(np.flatnonzero(truth.kind == "simple")[0])
+    assert mei_rf_corr(truth, int(truth.unit_id[j]), 0.5 - truth.rf_even[j]) == pytest.approx(-1)
+    k = int(np.flatnonzero(truth.kind == "untuned")[0])
+    assert np.isnan(mei_rf_corr(truth, int(truth.unit_id[k]), np.full((60, 96), 0.5)))
