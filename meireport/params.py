@@ -121,9 +121,9 @@ class ModelParams(_Section):
     core_channels: int = Field(16, ge=1)
     core_layers: int = Field(3, ge=1)
     first_kernel: int = Field(13, ge=1)
-    hidden_kernel: int = Field(3, ge=1)
+    hidden_kernel: int = Field(5, ge=1)
     laplace_weight: float = Field(0.1, ge=0)
-    group_sparsity_weight: float = Field(0.001, ge=0)
+    group_sparsity_weight: float = Field(0.1, ge=0)
     readout: Literal["pyramid", "factorised"] = "pyramid"
     crop: int | None = Field(None, ge=8, description="crop size (px) around the RF centre")
     use_gabors: bool = Field(False, description="add rendered gabor presentations to training")
@@ -133,10 +133,10 @@ class ModelParams(_Section):
 class TrainParams(_Section):
     """Optimisation."""
 
-    epochs: int = Field(200, ge=1)
+    epochs: int = Field(150, ge=1)
     lr: float = Field(0.005, gt=0)
-    batch_size: int = Field(32, ge=1)
-    patience: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    patience: int = Field(12, ge=1)
     loss: Literal["poisson", "mse"] = "poisson"
     val_fraction: float = Field(0.12, gt=0, lt=0.5)
     test_fraction: float = Field(0.12, gt=0, lt=0.5)
@@ -147,12 +147,12 @@ class MEIParams(_Section):
     """MEI synthesis (the seed's gradient ascent)."""
 
     steps: int = Field(1000, gt=0)
-    lr: float = Field(0.05, gt=0)
-    precondition_exponent: float = Field(1.0, ge=0, description="1/f^a gradient filter")
-    blur_start: float = Field(2.0, ge=0, description="Gaussian blur sigma at step 0 (px)")
-    blur_end: float = Field(0.5, ge=0, description="blur sigma at the last step (px)")
-    contrast_weight: float = Field(1.0, ge=0, description="lambda of |c* - std(x)|")
-    n_starts: int = Field(3, ge=1, description="white noise, black, grey, more noise")
+    lr: float = Field(0.1, gt=0, description="step size of the normalised gradient")
+    precondition_exponent: float = Field(0.25, ge=0, description="1/f^a gradient filter")
+    blur_start: float = Field(7.0, ge=0, description="Gaussian blur sigma at step 0 (px)")
+    blur_end: float = Field(0.001, ge=0, description="blur sigma at the last step (px)")
+    contrast_weight: float = Field(2.0, ge=0, description="lambda of |c* - std(x)|")
+    n_starts: int = Field(4, ge=1, description="white noise, black, grey, more noise")
     seed: int = 0
 
 
