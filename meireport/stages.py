@@ -33,6 +33,17 @@ __all__ = [
 ]
 
 
+def _single_thread_torch() -> None:
+    """One torch thread per stage: results then do not depend on the worker's core count.
+
+    Parallelism comes from running neurons in separate workers; the float reductions of a
+    multi-threaded torch differ (at ~1e-9) with the thread count.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 # -------------------------------------------------------------------------------------------
 # params -> library configs
 # -------------------------------------------------------------------------------------------
@@ -152,6 +163,7 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) ->
     """Fit the unit's CNN and LN baseline; write ``model.pt``, ``ln.pt`` and ``train.json``."""
     from meireport.train import fit_model, make_split, save_checkpoint
 
+    _single_thread_torch()
     sdir, info, geometry = _session(session_dir)
     row = unit_row(sdir, unit_id)
     data = response_data(sdir, gabors=bool(model["use_gabors"]))
@@ -219,6 +231,7 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict) -> MEIStage:
     from meireport.compare import equalize, footing
     from meireport.mei import generate_mei, predict
 
+    _single_thread_torch()
     sdir, info, _ = _session(session_dir)
     trained, model = _unit_model(out_dir)
     train_imgs, all_imgs = _train_images(sdir, trained)
@@ -270,6 +283,7 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
     from meireport.gabor import gabor_search, session_gabor
     from meireport.mei import predict
 
+    _single_thread_torch()
     sdir, info, geometry = _session(session_dir)
     out = Path(out_dir)
     m = load_json(out / "mei.json")
