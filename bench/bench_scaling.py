@@ -65,28 +65,46 @@ def fit_line(n: list[float], t: list[float]) -> dict:
             "max_rel_residual": float(np.max(np.abs(y - pred) / y))}
 
 
-def run_section(res: Results, neurons: tuple[int, ...] = (1, 2, 4, 8), compare_n: int = 4,
-                deadline: float | None = None, timeout: float = 900) -> None:
-    """Measure the curves; stops adding points when ``deadline`` (time.time()) is near."""
+def _session_cached(run_dir: Path) -> bool:
+    cache = run_dir / ".meireport" / "cache"
+    return (any(cache.glob("*__-__extract.json")) and any(cache.glob("*__-__select.json"))
+            and any((run_dir / "results").glob("*/selection.csv")))
+
+
+def run_section(res: Results, neurons: tuple[int, ...] = (1, 2, 4, 8), compare_n: int = 2,
+                deadline: float | None = None, timeout: float = 900,
+                reuse: Path | None = WORK_DIR / "report_tiny") -> None:
+    """Measure the curves; stops adding points when ``deadline`` (time.time()) is near.
+
+    ``reuse``: a run folder of the same params whose session stages are cached (the report
+    section's); its neuron folders are cleared. Else the session stages run here first.
+    """
     sec = res.section(SECTION)
     if deadline is not None and deadline - time.time() < 180:
         sec["skipped"] = "time budget spent before the scaling section"
         res.add(Figure(SECTION, "scaling", None, "", note=sec["skipped"]))
         return
-    run_dir = WORK_DIR / "scaling"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    log("scaling: session stages, cold (workers=1)")
-    base = _point(run_dir, 1, "local", "session", timeout)
-    sec["session_cold"] = {k: base[k] for k in ("run_s", "wall_s", "peak_rss_mb")}
-    sec["session_cold"]["tasks"] = [{k: r[k] for k in ("task_id", "stage", "seconds")}
-                                    for r in base["results"]]
+    if reuse is not None and _session_cached(reuse):
+        run_dir = reuse
+        sec["session_cold"] = {"reused": str(reuse.relative_to(ROOT))}
+        log(f"scaling: session stages cached in {reuse.name} (the report section's run)")
+    else:
+        run_dir = WORK_DIR / "scaling"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log("scaling: session stages, cold (workers=1)")
+        base = _point(run_dir, 1, "local", "session", timeout)
+        sec["session_cold"] = {k: base[k] for k in ("run_s", "wall_s", "peak_rss_mb")}
+        sec["session_cold"]["tasks"] = [{k: r[k] for k in ("task_id", "stage", "seconds")}
+                                        for r in base["results"]]
     units = _top_units(run_dir, max(max(neurons), compare_n))
     sec["units"] = units
-    # the most telling points first: when the time budget runs short, the largest n goes
+    # the most telling points first (when the time budget runs short, the last ones go):
+    # the small-n curve, 2 workers, one more curve point, Dask, the largest n
     small = [n for n in neurons if n <= compare_n]
-    plan = [(1, "local", n) for n in small]
-    plan += [(2, "local", compare_n), (2, "dask", compare_n)]
-    plan += [(1, "local", n) for n in neurons if n > compare_n]
+    large = [n for n in neurons if n > compare_n]
+    plan = [(1, "local", n) for n in small] + [(2, "local", compare_n)]
+    plan += [(1, "local", n) for n in large[:1]] + [(2, "dask", compare_n)]
+    plan += [(1, "local", n) for n in large[1:]]
     points: list[dict] = []
     sec["points"] = points
     per_neuron_s = None

@@ -281,9 +281,9 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
     mod = secs.get("models")
     if mod:
         tr = (mod.get("training") or {}).get("figures") or {}
-        capped = (f"CNN fits capped at {tr['max_epochs']} epochs (the cost per epoch; the "
-                  "default patience is longer)" if tr.get("max_epochs") else "fits to "
-                  "convergence")
+        capped = ("single-neuron fits to convergence (early stopping), the population fit "
+                  + (f"capped at {tr['max_epochs']} epochs (compared per neuron and epoch)"
+                     if tr.get("max_epochs") else "too"))
         out += ["## Training, MEI and Gabor search", "",
                 f"Training with `meireport.train`'s public API on the default session (118 "
                 f"images x 50 repeats, default model and training config), {capped}. MEI and "
@@ -328,6 +328,17 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
                 f"An empty parameterised notebook takes "
                 f"{fmt(sorted(pm['empty_notebook_s'])[len(pm['empty_notebook_s']) // 2], 's')}.",
                 ""]
+        per_neuron = [x for x in pm["per_stage"] if x["stage"] in ("train", "mei", "gabor")]
+        if per_neuron:
+            tot = sum(x["seconds"] for x in per_neuron)
+            ovi = sum(x["overhead_s"] + x["imports_s"] for x in per_neuron)
+            out += [f"Per neuron (its train, MEI and Gabor notebooks, medians): {fmt(tot, 's')}, "
+                    f"of which {fmt(ovi, 's')} ({100 * ovi / tot:.0f}%) is overhead + imports: "
+                    "three kernel starts per neuron. "
+                    + ("**Per neuron, overhead dominates.**" if ovi > tot / 2 else
+                       "It does not dominate, but fewer, larger notebooks per neuron (or several "
+                       "notebooks per kernel) would save most of it at these small settings; at "
+                       "the default settings the work (training, 1000-step MEIs) dwarfs it."), ""]
         out += _table(["Stage", "Notebooks", "Median total", "Overhead", "Imports", "Work",
                        "Overhead + imports"],
                       [[s["stage"], str(s["n"]), fmt(s["seconds"], "s"), fmt(s["overhead_s"], "s"),
@@ -339,11 +350,15 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
 
     sc = secs.get("scaling")
     if sc:
+        cold = sc.get("session_cold", {})
+        where = (f"cached from the report section's cold run (`{cold['reused']}`)"
+                 if cold.get("reused") else f"run cold once ({fmt(cold.get('run_s'), 's')})")
         out += ["## Scaling", "",
-                "Tiny params, session stages (extract, select) cold once "
-                f"({fmt(sc.get('session_cold', {}).get('run_s'), 's')}) then cached; each point "
-                "re-executes its neurons' notebooks and the summary. Peak RSS: the whole process "
-                "tree (runner, pool or Dask workers, kernels), sampled every 0.1 s.", ""]
+                f"Tiny params; the session stages (extract, select) {where}; each point "
+                "re-executes its neurons' notebooks (train, MEI, Gabor) and the summary, in a "
+                "fresh process. Neurons: the top units by oracle correlation. Peak RSS: the whole "
+                "process tree (runner, pool or Dask workers, kernels), sampled every 0.1 s. "
+                "Points are dropped, last first, when the time budget runs short.", ""]
         rows = []
         for p in sc.get("points", []):
             if "skipped" in p:
@@ -377,8 +392,9 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
     if errs:
         out += ["## Sections that failed or were skipped", ""]
         out += [f"- **{k}**: {v}" for k, v in errs.items()] + [""]
-    out += ["## Reproduce", "", "```bash", "nox -s bench            # everything, ~25 min",
-            "python -m bench.run_all --only spikes,oracle   # a part, in an env with meireport",
+    out += ["## Reproduce", "", "```bash",
+            "nox -s bench    # all of it: 17-25 min on 2 shared cores, installs included",
+            "nox -s bench -- --only spikes,oracle    # some sections",
             "```", ""]
     text = "\n".join(out)
     md_path.write_text(text)

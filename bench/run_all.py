@@ -39,7 +39,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--default-report", action="store_true",
                     help="also time `meireport report params/default.yaml` (long)")
     ap.add_argument("--neurons", default="1,2,4,8", help="scaling curve points")
-    ap.add_argument("--compare-n", type=int, default=4,
+    ap.add_argument("--compare-n", type=int, default=2,
                     help="neurons at which 1 vs 2 workers and Dask are compared")
     ap.add_argument("--budget-min", type=float, default=28.0,
                     help="stop adding scaling points past this (from --started-at)")
