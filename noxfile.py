@@ -23,7 +23,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the package, tests and benchmarks."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "meireport", "tests", "noxfile.py")
+    session.run("ruff", "check", "meireport", "tests", "bench", "noxfile.py")
 
 
 @nox.session

@@ -58,11 +58,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in esc), ""]
 
 
-def _fig_rows(figs: list[dict], with_target: bool = True) -> list[str]:
+def _fig_rows(figs: list[dict], with_target: bool = True, with_note: bool = True) -> list[str]:
     header = ["Figure", "Ours", "Baseline", "Ratio"]
     if with_target:
         header += ["Target", "Met"]
-    header.append("Note")
+    if with_note:
+        header.append("Note")
     rows = []
     for f in figs:
         base = (f"{f['baseline']}: {fmt(f['baseline_value'], f['unit'])}" if f.get("baseline")
@@ -71,7 +72,8 @@ def _fig_rows(figs: list[dict], with_target: bool = True) -> list[str]:
                fmt_ratio(f.get("ratio"), f.get("ratio_kind", ""))]
         if with_target:
             row += [f.get("target") or "-", _met(f.get("met"))]
-        row.append(f.get("note") or "")
+        if with_note:
+            row.append(f.get("note") or "")
         rows.append(row)
     return _table(header, rows)
 
@@ -217,7 +219,8 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
     out += _machine(data.get("machine", {}), data)
     targets = [f for f in data["figures"] if f.get("target")]
     if targets:
-        out += ["## Targets", ""] + _fig_rows(targets)
+        out += ["## Targets", "", "Each figure again, with its notes, in its section below.",
+                ""] + _fig_rows(targets, with_note=False)
     plots = {k: (png_dir / name) for k, name in PNG.items()}
 
     sp = secs.get("spikes")
