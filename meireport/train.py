@@ -616,30 +616,22 @@ def _tensors(data: ResponseData, rows: np.ndarray, split: Split, cfg: TrainConfi
     return t
 
 
-def _batches(t: _Tensors, cfg: TrainConfig, gen: torch.Generator) -> list[tuple]:
-    """One epoch of steps: natural-image batches, each paired with a share of the gabors.
-
-    Every step sees natural images and gabors in one forward pass, so batch-norm statistics are
-    those of the same mixture in every step and at evaluation.
-    """
-    nat = list(torch.randperm(len(t.x_train), generator=gen).split(int(cfg.batch_size)))
-    if t.g_images is None:
-        return [(b, None) for b in nat]
-    gab = torch.randperm(len(t.g_images), generator=gen).tensor_split(len(nat))
-    return list(zip(nat, gab, strict=True))
+def _batches(t: _Tensors, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[str, torch.Tensor]]:
+    bs = int(cfg.batch_size)
+    out = [("nat", b) for b in torch.randperm(len(t.x_train), generator=gen).split(bs)]
+    if t.g_images is not None:
+        out += [("gab", b) for b in torch.randperm(len(t.g_images), generator=gen).split(bs)]
+    order = torch.randperm(len(out), generator=gen).tolist()
+    return [out[i] for i in order]
 
 
-def _step_loss(model: nn.Module, t: _Tensors, nat: torch.Tensor, gab, loss: str):
-    if gab is None or len(gab) == 0:
-        return _loss(model(t.x_train[nat]), t.y_train[nat], loss)
-    imgs = t.g_images[gab]  # b x phases x rows x cols
+def _step_loss(model: nn.Module, t: _Tensors, kind: str, idx: torch.Tensor, loss: str):
+    if kind == "nat":
+        return _loss(model(t.x_train[idx]), t.y_train[idx], loss)
+    imgs = t.g_images[idx]  # b x phases x rows x cols
     b, ph = imgs.shape[:2]
-    x = torch.cat([t.x_train[nat], imgs.reshape(b * ph, *imgs.shape[2:])])
-    pred = model(x)
-    g_pred = pred[len(nat) :].reshape(b, ph, -1).mean(dim=1)
-    return _loss(pred[: len(nat)], t.y_train[nat], loss) + t.g_weight * _loss(
-        g_pred, t.g_targets[gab], loss
-    )
+    pred = model(imgs.reshape(b * ph, *imgs.shape[2:])).reshape(b, ph, -1).mean(dim=1)
+    return t.g_weight * _loss(pred, t.g_targets[idx], loss)
 
 
 def _train_one(model: nn.Module, t: _Tensors, cfg: TrainConfig, seed: int, desc: str):
@@ -658,9 +650,9 @@ def _train_one(model: nn.Module, t: _Tensors, cfg: TrainConfig, seed: int, desc:
         t0 = time.perf_counter()
         model.train()
         losses, regs = [], []
-        for nat, gab in _batches(t, cfg, gen):
+        for kind, idx in _batches(t, cfg, gen):
             opt.zero_grad()
-            data_loss = _step_loss(model, t, nat, gab, cfg.loss)
+            data_loss = _step_loss(model, t, kind, idx, cfg.loss)
             reg = model.regularizer()
             (data_loss + reg).backward()
             opt.step()
@@ -768,8 +760,7 @@ def fit_model(
         initialisation and crop centre. ``None`` entries or NaN rows: unknown (the readout
         starts near the image centre; a crop is then impossible).
     oracle : float, sequence or mapping, optional
-        Jackknife oracle correlation per unit (:func:`meireport.select.oracle_correlation`),
-        for ``frac_oracle = single_trial_corr / oracle``.
+        Oracle correlation per unit (for ``frac_oracle``).
     truth : GroundTruth, optional
         Simulated sessions: adds the correlation with the true rate on new images.
     split : Split, optional
@@ -872,11 +863,8 @@ def evaluate(
     -------
     metrics : DataFrame
         Indexed by ``unit_id``: ``test_corr`` (vs image means), ``test_corr_ci_low/high``
-        (bootstrap over test images), ``single_trial_corr`` (prediction vs every test trial),
-        ``oracle``, ``frac_oracle`` (``single_trial_corr / oracle``: both compare a predictor
-        with single trials, as in Walker et al. 2019; ``test_corr / oracle`` would mix an
-        image-mean with a single-trial scale and exceed 1 with many repeats), ``test_ll``
-        (Poisson log-likelihood, nats per trial),
+        (bootstrap over test images), ``frac_oracle`` (test_corr / oracle), ``oracle``,
+        ``single_trial_corr``, ``test_ll`` (Poisson log-likelihood, nats per trial),
         ``test_ll_gain`` (minus a constant prediction at the training mean), ``val_corr``,
         ``true_corr`` (simulated sessions) and, for ensembles, ``spread`` (mean std of the
         members' test predictions over their mean).
@@ -901,7 +889,6 @@ def evaluate(
         lo, hi = bootstrap_corr_ci(pred[i], means[i, te], cfg.n_boot, cfg.ci_level, cfg.seed)
         null = np.full(len(te), np.nanmean(means[i, tr]))
         ll = poisson_loglik(pred[i], trials[i])
-        st = single_trial_corr(pred[i], trials[i])
         out.append(
             {
                 "unit_id": int(u),
@@ -909,8 +896,8 @@ def evaluate(
                 "test_corr_ci_low": lo,
                 "test_corr_ci_high": hi,
                 "oracle": orc[i],
-                "frac_oracle": st / orc[i] if orc[i] > 0 else np.nan,
-                "single_trial_corr": st,
+                "frac_oracle": r / orc[i] if orc[i] > 0 else np.nan,
+                "single_trial_corr": single_trial_corr(pred[i], trials[i]),
                 "test_ll": ll,
                 "test_ll_gain": ll - poisson_loglik(null, trials[i]),
                 "val_corr": float(pearson(val_pred[i], means[i, va])),
