@@ -760,7 +760,8 @@ def fit_model(
         initialisation and crop centre. ``None`` entries or NaN rows: unknown (the readout
         starts near the image centre; a crop is then impossible).
     oracle : float, sequence or mapping, optional
-        Oracle correlation per unit (for ``frac_oracle``).
+        Jackknife oracle correlation per unit (:func:`meireport.select.oracle_correlation`),
+        for ``frac_oracle = single_trial_corr / oracle``.
     truth : GroundTruth, optional
         Simulated sessions: adds the correlation with the true rate on new images.
     split : Split, optional
@@ -863,8 +864,11 @@ def evaluate(
     -------
     metrics : DataFrame
         Indexed by ``unit_id``: ``test_corr`` (vs image means), ``test_corr_ci_low/high``
-        (bootstrap over test images), ``frac_oracle`` (test_corr / oracle), ``oracle``,
-        ``single_trial_corr``, ``test_ll`` (Poisson log-likelihood, nats per trial),
+        (bootstrap over test images), ``single_trial_corr`` (prediction vs every test trial),
+        ``oracle``, ``frac_oracle`` (``single_trial_corr / oracle``: both compare a predictor
+        with single trials, as in Walker et al. 2019; ``test_corr / oracle`` would mix an
+        image-mean with a single-trial scale and exceed 1 with many repeats), ``test_ll``
+        (Poisson log-likelihood, nats per trial),
         ``test_ll_gain`` (minus a constant prediction at the training mean), ``val_corr``,
         ``true_corr`` (simulated sessions) and, for ensembles, ``spread`` (mean std of the
         members' test predictions over their mean).
@@ -889,6 +893,7 @@ def evaluate(
         lo, hi = bootstrap_corr_ci(pred[i], means[i, te], cfg.n_boot, cfg.ci_level, cfg.seed)
         null = np.full(len(te), np.nanmean(means[i, tr]))
         ll = poisson_loglik(pred[i], trials[i])
+        st = single_trial_corr(pred[i], trials[i])
         out.append(
             {
                 "unit_id": int(u),
@@ -896,8 +901,8 @@ def evaluate(
                 "test_corr_ci_low": lo,
                 "test_corr_ci_high": hi,
                 "oracle": orc[i],
-                "frac_oracle": r / orc[i] if orc[i] > 0 else np.nan,
-                "single_trial_corr": single_trial_corr(pred[i], trials[i]),
+                "frac_oracle": st / orc[i] if orc[i] > 0 else np.nan,
+                "single_trial_corr": st,
                 "test_ll": ll,
                 "test_ll_gain": ll - poisson_loglik(null, trials[i]),
                 "val_corr": float(pearson(val_pred[i], means[i, va])),

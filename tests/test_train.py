@@ -325,7 +325,7 @@ def test_best_weights_are_restored_and_history_is_complete(default):
     if len(h) < cfg.max_epochs:  # stopped early: exactly `patience` epochs after the best
         assert len(h) - best[0]["epoch"] == cfg.patience
     m = fit.metrics.loc[u]
-    assert m["frac_oracle"] == pytest.approx(m["test_corr"] / default["oracle"][u])
+    assert m["frac_oracle"] == pytest.approx(m["single_trial_corr"] / default["oracle"][u])
     assert m["test_corr_ci_low"] <= m["test_corr"] <= m["test_corr_ci_high"]
     assert m["n_test"] == 14 and len(fit.test["pred"][0]) == 14
 
