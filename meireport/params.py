@@ -27,6 +27,7 @@ __all__ = [
     "TrainParams",
     "MEIParams",
     "GaborParams",
+    "TrustParams",
     "RunParams",
     "load_params",
     "parse_params",
@@ -99,6 +100,9 @@ class SelectionParams(_Section):
     raster_clusters: int | None = Field(
         10, ge=2, description="rastermap clusters (None sorts single neurons: much slower)"
     )
+    stability_resamples: int = Field(
+        20, ge=1, description="trial resamples for selection_stability (the trust criterion)"
+    )
 
 
 class NeuronsParams(_Section):
@@ -165,6 +169,22 @@ class GaborParams(_Section):
     mask_radius: float | None = Field(None, gt=0, description="fixed mask radius (px)")
 
 
+class TrustParams(_Section):
+    """Thresholds of the per-neuron trust assessment (:mod:`meireport.trust`)."""
+
+    min_ci_low: float = Field(
+        0.0, ge=-1, le=1, description="lower end of the test correlation's bootstrap CI must exceed"
+    )
+    min_frac_oracle: float = Field(0.5, ge=0, description="minimum frac_oracle")
+    min_mei_agreement: float = Field(
+        0.5, ge=-1, le=1, description="minimum median pixel corr between MEIs of different starts"
+    )
+    min_selection_stability: float = Field(
+        0.8, ge=0, le=1, description="minimum fraction of trial resamples selecting the unit"
+    )
+    max_rf_p: float = Field(0.01, ge=0, le=1, description="maximum RF-mapping permutation p-value")
+
+
 class RunParams(_Section):
     """How notebooks are executed."""
 
@@ -185,6 +205,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     mei: MEIParams = MEIParams()
     gabor: GaborParams = GaborParams()
+    trust: TrustParams = TrustParams()
     run: RunParams = RunParams()
 
     def to_json_dict(self) -> dict[str, Any]:

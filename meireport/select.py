@@ -1087,13 +1087,17 @@ def select_to_dir(session_dir, selection: Mapping) -> pd.DataFrame:
 
     Reads the extraction artifacts (``trials.npz``, ``units.csv``, ``gabors.npz``,
     ``session.json``) and writes ``selection.csv`` (one row per unit: every metric, RF columns,
-    ``selected`` and ``reason``) and ``rfmap.npz`` (the 9 x 9 gabor maps).
+    ``selected``, ``reason`` and ``selection_stability``, the fraction of
+    ``selection["stability_resamples"]`` trial resamples (default 20) in which the same rule
+    selects the unit, see :func:`meireport.trust.selection_stability`) and ``rfmap.npz`` (the
+    9 x 9 gabor maps).
     """
     from pathlib import Path
 
     from meireport.artifacts import load_csv, load_json, load_npz, save_csv, save_npz
     from meireport.rfmap import receptive_fields, rf_maps
     from meireport.stimuli import ScreenGeometry
+    from meireport.trust import selection_stability
 
     sdir = Path(session_dir)
     tr = load_npz(sdir / "trials.npz")
@@ -1113,7 +1117,13 @@ def select_to_dir(session_dir, selection: Mapping) -> pd.DataFrame:
                             how="left")
     if "true_kind" in units.columns:
         metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
-    out = select_units(metrics, rule_from_params(selection))
+    rule = rule_from_params(selection)
+    out = select_units(metrics, rule)
+    stability = selection_stability(
+        tr["data"], ids, rule, n_resamples=int(selection.get("stability_resamples", 20)),
+        seed=int(selection.get("seed", 0)), metrics=metrics,
+    )
+    out["selection_stability"] = stability.loc[out["unit_id"]].to_numpy()
     save_csv(sdir / "selection.csv", out, index=False)
     maps = rf_maps(table, counts)
     save_npz(sdir / "rfmap.npz", maps=maps.maps, x_deg=maps.x_deg, y_deg=maps.y_deg,

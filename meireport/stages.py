@@ -26,6 +26,7 @@ __all__ = [
     "unit_row",
     "train_stage",
     "mei_stage",
+    "trust_stage",
     "gabor_stage",
     "TrainStage",
     "MEIStage",
@@ -220,13 +221,46 @@ class MEIStage:
     best_image: np.ndarray
     mean: float
     c_star: float
+    trust: object = None  # meireport.trust.Trust
 
 
-def mei_stage(session_dir, out_dir, unit_id: int, mei: dict) -> MEIStage:
-    """Synthesise the unit's MEI on its CNN; write ``mei.npy`` and ``mei.json``.
+_TRUST_FROM_SELECTION = ("selection_stability", "rf_p_value")
+
+
+def trust_stage(session_dir, out_dir, unit_id: int, mei_values: dict, trust: dict | None = None):
+    """Assess how far the unit's MEI can be trusted; write ``trust.json``.
+
+    Merges the unit's ``selection.csv`` row (``selection_stability``, ``rf_p_value``), its
+    ``train.json`` (test-correlation CI, ``frac_oracle``) and ``mei_values``
+    (``mei_reliability``), and applies :func:`meireport.trust.assess` with the thresholds of the
+    ``trust`` params section (``None``: the defaults). A missing ``train.json`` leaves its
+    criteria unknown.
+
+    Returns
+    -------
+    meireport.trust.Trust
+    """
+    from meireport.trust import TrustThresholds, assess
+
+    thresholds = TrustThresholds.from_params(trust)
+    row = unit_row(session_dir, unit_id)
+    values: dict = {k: row.get(k) for k in _TRUST_FROM_SELECTION}
+    train_file = Path(out_dir) / "train.json"
+    if train_file.is_file():
+        values |= {k: v for k, v in load_json(train_file).items() if np.isscalar(v) or v is None}
+    values |= mei_values
+    result = assess(values, thresholds)
+    save_json(Path(out_dir) / "trust.json", result.to_dict())
+    return result
+
+
+def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None = None) -> MEIStage:
+    """Synthesise the unit's MEI on its CNN; write ``mei.npy``, ``mei.json`` and ``trust.json``.
 
     The best natural image is compared at equal footing: both rescaled to the training images'
-    mean luminance and mean contrast ``c*``.
+    mean luminance and mean contrast ``c*``. The trust assessment (:func:`trust_stage`, with the
+    ``trust`` params section's thresholds) is added to ``mei.json`` as ``trust`` (the label) and
+    ``trust_reasons`` (``"; "``-joined), so that ``summary.csv`` carries them.
     """
     from meireport.compare import equalize, footing
     from meireport.mei import generate_mei, predict
@@ -256,9 +290,11 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict) -> MEIStage:
                                                          std=c_star),
             "mei_rf_corr": mei_rf_corr(truth, unit_id, mei_img),
         }
+    assessment = trust_stage(sdir, out_dir, unit_id, values, trust)
+    values |= {"trust": assessment.label, "trust_reasons": "; ".join(assessment.reasons)}
     save_npy(Path(out_dir) / "mei.npy", mei_img)
     save_json(Path(out_dir) / "mei.json", values)
-    return MEIStage(res, values, eq[1 + best], mean, c_star)
+    return MEIStage(res, values, eq[1 + best], mean, c_star, assessment)
 
 
 @dataclass

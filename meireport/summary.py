@@ -3,6 +3,8 @@
 ``summary.csv`` is a contract other tools rely on (see DESIGN.md): its columns are
 :data:`SUMMARY_COLUMNS` (plus :data:`SIMULATED_COLUMNS` on simulated sessions). A value a stage
 did not produce (the stage failed, or is not part of this run) is left empty, never invented.
+``trust`` is the label of :func:`meireport.trust.assess` (from ``mei.json``) and the extra column
+``trust_reasons`` its reasons, ``"; "``-joined.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import pandas as pd
 
 from meireport.artifacts import load_csv, load_json, save_csv
 
-__all__ = ["SUMMARY_COLUMNS", "SIMULATED_COLUMNS", "summary_table", "write_summary"]
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "SIMULATED_COLUMNS",
+    "TRUST_ORDER",
+    "sort_by_trust",
+    "summary_table",
+    "trust_sentence",
+    "write_summary",
+]
 
 SUMMARY_COLUMNS = (
     "unit_id", "area", "oracle_corr", "fev", "test_corr", "test_corr_ln", "frac_oracle",
@@ -26,6 +36,8 @@ SIMULATED_COLUMNS = (
     "true_type", "mei_true_resp", "best_image_true_resp", "best_gabor_true_resp", "mei_rf_corr",
 )
 _STAGE_FILES = ("train.json", "mei.json", "comparison.json")
+TRUST_ORDER = ("high", "medium", "low")
+"""Trust labels in the order the summary page lists them (missing ones last)."""
 
 
 def _neuron_values(ndir: Path) -> dict:
@@ -85,6 +97,7 @@ def summary_table(session_dir) -> pd.DataFrame:
     if "true_kind" in unit_table.columns:
         cols += list(SIMULATED_COLUMNS)
     df = pd.DataFrame(rows)
+    cols.append("trust_reasons")
     for c in cols:
         if c not in df:
             df[c] = np.nan
@@ -97,3 +110,47 @@ def write_summary(session_dir) -> pd.DataFrame:
     df = summary_table(session_dir)
     save_csv(Path(session_dir) / "summary.csv", df, index=False)
     return df
+
+
+def _trust_labels(df: pd.DataFrame) -> pd.Series:
+    """The ``trust`` column as labels; anything else (missing, NaN) as ``""``."""
+    if "trust" not in df:
+        return pd.Series("", index=df.index, dtype=object)
+    return df["trust"].where(df["trust"].isin(TRUST_ORDER), "").astype(object)
+
+
+def sort_by_trust(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by trust: high, medium, low, then missing (stable within each label).
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"unit_id": [1, 2, 3, 4], "trust": ["low", None, "high", "medium"]})
+    >>> sort_by_trust(df)["unit_id"].tolist()
+    [3, 4, 1, 2]
+    """
+    rank = _trust_labels(df).map({t: i for i, t in enumerate(TRUST_ORDER)}).fillna(len(TRUST_ORDER))
+    return df.iloc[np.argsort(rank.to_numpy(), kind="stable")]
+
+
+def trust_sentence(df: pd.DataFrame) -> str:
+    """One sentence: how many neurons have an MEI the data support (trust ``high``).
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"trust": ["high", "low", "high", "medium"]})
+    >>> trust_sentence(df)
+    '2 of 4 neurons have an MEI the data support (trust high); 1 medium, 1 low.'
+    >>> trust_sentence(pd.DataFrame({"trust": ["medium", None]}))
+    '0 of 2 neurons have an MEI the data support (trust high); 1 medium, 1 not assessed.'
+    """
+    n = len(df)
+    if n == 0:
+        return "No neuron was reported."
+    labels = _trust_labels(df)
+    counts = {t: int((labels == t).sum()) for t in TRUST_ORDER}
+    rest = [f"{counts[t]} {t}" for t in TRUST_ORDER[1:] if counts[t]]
+    if (labels == "").any():
+        rest.append(f"{int((labels == '').sum())} not assessed")
+    verb = "neuron has" if n == 1 else "neurons have"
+    text = f"{counts['high']} of {n} {verb} an MEI the data support (trust high)"
+    return text + ("; " + ", ".join(rest) if rest else "") + "."

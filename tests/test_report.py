@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,9 +33,14 @@ def tiny_run(tmp_path_factory):
     return out, res, index
 
 
+def _session_dir(run_dir: Path) -> Path:
+    """The one session's results folder (run-level folders have no session.json)."""
+    (sdir,) = [p for p in (run_dir / "results").iterdir() if (p / "session.json").is_file()]
+    return sdir
+
+
 def _summary(run_dir: Path) -> pd.DataFrame:
-    (sdir,) = (run_dir / "results").iterdir()
-    return pd.read_csv(sdir / "summary.csv")
+    return pd.read_csv(_session_dir(run_dir) / "summary.csv")
 
 
 def test_end_to_end(tiny_run):
@@ -45,6 +51,14 @@ def test_end_to_end(tiny_run):
     summary = _summary(out)
     assert set(SUMMARY_COLUMNS) | set(SIMULATED_COLUMNS) <= set(summary.columns)
     assert len(summary) >= 1 and (summary["status"] == "ok").all()
+    # every neuron has a trust label with its reasons, the same as its trust.json
+    assert summary["trust"].isin(["high", "medium", "low"]).all(), summary["trust"].tolist()
+    assert summary["trust_reasons"].astype(str).str.len().gt(0).all()
+    sdir = _session_dir(out)
+    for uid, label in zip(summary["unit_id"], summary["trust"], strict=True):
+        assert json.loads((sdir / str(uid) / "trust.json").read_text())["label"] == label
+    sel = pd.read_csv(sdir / "selection.csv")
+    assert sel["selection_stability"].between(0, 1).all()
     for r in res.results:  # every notebook executed without an error output
         nb = nbformat.read(r.notebook, as_version=4)
         outputs = [o for c in nb.cells for o in c.get("outputs", [])]
@@ -53,6 +67,13 @@ def test_end_to_end(tiny_run):
     html = {p.stem for p in (index.parent / "sessions").rglob("*.html")}
     assert {Path(r.notebook).stem for r in res.results} <= html
     assert index.is_file()
+    mei_pages = list((index.parent / "sessions").rglob("04_mei.html"))
+    assert len(mei_pages) == len(summary)
+    for page in mei_pages:
+        text = page.read_text()
+        assert "How far to trust this MEI" in text and "trust: " in text
+    (summary_page,) = (index.parent / "sessions").rglob("06_summary.html")
+    assert "an MEI the data support (trust high)" in summary_page.read_text()
 
 
 def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_path):
@@ -66,8 +87,13 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     mei = p.model_copy(update={"mei": p.mei.model_copy(update={"steps": 25})})
     res = run(mei, out=out, progress=False)
     assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
+    # a trust threshold: the MEI stage assesses trust, so it re-runs with what reads its outputs
+    strict = mei.model_copy(update={"trust": mei.trust.model_copy(update={"max_rf_p": 0.5})})
+    res = run(strict, out=out, progress=False)
+    assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
+    mei = strict
     # deleting one artifact re-executes just its producer (outputs are byte-reproducible)
-    (sdir,) = (out / "results").iterdir()
+    sdir = _session_dir(out)
     (sdir / "images.npz").unlink()
     res = run(mei, out=out, progress=False)
     assert {r.stage for r in res.executed} == {"extract"}
