@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from meireport.errors import MeireportError
-from meireport.run import STAGES, load_run
+from meireport.run import RUN_LEVEL_ID, STAGES, load_run
 
 __all__ = ["build_book", "book_index", "BOOK_TEMPLATE_DIR"]
 
@@ -28,6 +28,7 @@ _HIDDEN_TAGS = {"injected-parameters", "parameters"}
 _STAGE_TITLES = {
     "extract": "Extraction", "select": "Neuron selection", "train": "Model training",
     "mei": "Most exciting input", "gabor": "MEI vs Gabor", "summary": "Session summary",
+    "limits": "What 118 images can tell",
 }
 
 
@@ -126,6 +127,23 @@ def _session_entries(src: Path, run_dir: Path, sid: int, results: list[dict]) ->
     return {"caption": f"Session {sid}", "chapters": chapters}
 
 
+def _run_level_entries(src: Path, results: list[dict]) -> list[dict]:
+    """Chapters of the run-level stages (the data-limit chapter), or their failure pages."""
+    chapters = []
+    for r in results:
+        if r["stage"] not in _STAGE_TITLES or r["session_id"] != RUN_LEVEL_ID:
+            continue
+        nb = Path(r["notebook"]) if r.get("notebook") else None
+        if r["status"] in ("ok", "cached") and nb is not None and nb.is_file():
+            _clean_notebook(nb, src / "limits" / nb.name)
+            chapters.append({"file": f"limits/{nb.stem}", "title": _STAGE_TITLES[r["stage"]]})
+        else:
+            rel = f"limits/{r['stage']}_failed"
+            _failure_page(src / f"{rel}.md", f"{_STAGE_TITLES[r['stage']]} failed", [r])
+            chapters.append({"file": rel})
+    return chapters
+
+
 def _performance_page(src: Path, run_dir: Path) -> list[str]:
     """Copy the Performance page (the run's own, else the repo's bench results) + its PNGs."""
     page = run_dir / "performance.md"
@@ -150,6 +168,9 @@ def _write_source(src: Path, run_dir: Path) -> None:
         shutil.copy(f, src / name)
     extra = _performance_page(src, run_dir)
     parts = [{"caption": "Method", "chapters": [{"file": "methods"}]}]
+    limits = _run_level_entries(src, run["results"])
+    if limits:
+        parts.append({"caption": "How far to trust it", "chapters": limits})
     for sid in run["session_ids"]:
         parts.append(_session_entries(src, run_dir, int(sid), run["results"]))
     if extra:

@@ -29,6 +29,7 @@ __all__ = [
     "gabor_conditions",
     "SessionGabor",
     "session_gabor",
+    "best_phase_image",
     "render_gabors",
     "GaborSearchConfig",
     "GaborSearchResult",
@@ -267,6 +268,53 @@ def session_gabor(
     )
     sg.image = sg.render([phase])[0]
     return sg
+
+
+def best_phase_image(sg: SessionGabor, model, mean: float, std: float,
+                     n_phases: int = 8) -> tuple[np.ndarray, float]:
+    """The session Gabor at the carrier phase the model prefers, at equal footing.
+
+    Allen's gabors drift, so the recording does not say which phase a simple cell prefers; a
+    Gabor rendered at an arbitrary phase can miss a simple cell's receptive field entirely (at
+    phase 0 a simulated simple cell fired 1-5 spikes/s for it against 220-280 at its best
+    phase). The comparison with the MEI is only fair at the model's best phase.
+
+    Parameters
+    ----------
+    sg : SessionGabor
+        From :func:`session_gabor`.
+    model : callable
+        Unit model (see :func:`meireport.mei.predict`).
+    mean, std : float
+        Footing (:func:`meireport.compare.footing`) every stimulus is rescaled to.
+    n_phases : int
+        Phases tried, evenly spaced over ``[0, 2 pi)``.
+
+    Returns
+    -------
+    image : ndarray
+        The rescaled Gabor at the best phase.
+    phase : float
+        That phase (radians).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from meireport.mei import LinearModel
+    >>> table = pd.DataFrame({"orientation": [0.0], "x_position": [0.0], "y_position": [0.0]})
+    >>> sg = session_gabor(SimpleNamespace(table=table, counts=pd.DataFrame({7: [2]})), 7)
+    >>> w = sg.render([np.pi / 2])[0] - 0.5  # a filter that prefers phase pi/2
+    >>> img, phase = best_phase_image(sg, LinearModel(w), 0.5, 0.1, n_phases=4)
+    >>> round(phase, 3)
+    1.571
+    """
+    from meireport.compare import equalize
+    from meireport.mei import predict
+
+    phases = np.arange(int(n_phases)) * 2 * np.pi / int(n_phases)
+    imgs = equalize(sg.render(phases), mean, std)
+    best = int(np.argmax(predict(model, imgs)))
+    return imgs[best], float(phases[best])
 
 
 # --------------------------------------------------------------------------------------------

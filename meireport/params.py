@@ -29,6 +29,7 @@ __all__ = [
     "GaborParams",
     "TrustParams",
     "RunParams",
+    "LimitsParams",
     "load_params",
     "parse_params",
     "section_hash",
@@ -185,6 +186,33 @@ class TrustParams(_Section):
     max_rf_p: float = Field(0.01, ge=0, le=1, description="maximum RF-mapping permutation p-value")
 
 
+class LimitsParams(_Section):
+    """The data-limit chapter: the pipeline on simulated sessions of growing size."""
+
+    enabled: bool = Field(True, description="run the chapter (simulated sessions only)")
+    n_images: list[int] = Field([118, 300, 1000], min_length=1,
+                                description="session sizes (natural images) to simulate")
+    n_repeats: int = Field(50, ge=1, description="repeats per image")
+    seed: int = Field(0, description="seed of the simulated sessions")
+    area_population: tuple[int, int, int, int] = Field(
+        (24, 16, 14, 8), description="simulated VISam units (simple, complex, untuned, poor)")
+    n_units: int = Field(8, ge=1, description="units modelled per size, spread over oracle ranks")
+    options_at: int | None = Field(
+        118, description="size at which every data-efficiency option is compared (null: none)")
+    crop: int = Field(32, ge=8, description="RF crop (px) of the crop options")
+    ensemble: int = Field(3, ge=2, description="members of the ensemble option")
+    mei_steps: int = Field(300, ge=1, description="MEI steps per unit")
+    mei_starts: int = Field(2, ge=1, description="MEI starts per unit")
+    population: bool = Field(True, description="also fit the shared-core population model")
+
+    @field_validator("n_images")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if min(v) < 10:
+            raise ValueError(f"sizes must be >= 10, got {v}")
+        return v
+
+
 class RunParams(_Section):
     """How notebooks are executed."""
 
@@ -207,6 +235,7 @@ class Params(_Section):
     gabor: GaborParams = GaborParams()
     trust: TrustParams = TrustParams()
     run: RunParams = RunParams()
+    limits: LimitsParams = LimitsParams()
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""

@@ -36,6 +36,7 @@ __all__ = [
     "RunResult",
     "plan_session_tasks",
     "plan_neuron_tasks",
+    "plan_run_tasks",
     "choose_neurons",
     "execute_task",
     "run",
@@ -96,7 +97,12 @@ STAGES: tuple[Stage, ...] = (
           ("session:selection.csv", "session:units.csv", "session:session.json",
            "session:status.json"),
           ("summary.csv",)),
+    Stage("limits", "07_limits.ipynb", "run", ("limits", "selection", "model", "train", "trust"),
+          (), ("limits_session.csv", "limits_units.csv", "limits_models.csv")),
 )
+
+#: Folder of the run-level stages' outputs (``results/limits``); their session id is -1.
+RUN_LEVEL_ID = -1
 
 
 def available_stages() -> tuple[Stage, ...]:
@@ -180,7 +186,7 @@ def _section_params(params: Params, stage: Stage) -> dict:
 
 
 def _make_task(params: Params, run_dir: Path, stage: Stage, sid: int, uid: int | None) -> Task:
-    sdir = run_dir / "results" / str(sid)
+    sdir = run_dir / "results" / (stage.name if stage.level == "run" else str(sid))
     wdir = sdir / str(uid) if uid is not None else sdir
     inputs = {}
     for spec in stage.inputs:
@@ -206,6 +212,14 @@ def plan_session_tasks(params: Params, run_dir: Path, session_ids: Iterable[int]
     """Session-level tasks (extract, select) for every session, in stage order."""
     stages = [s for s in available_stages() if s.level == "session"]
     return [_make_task(params, run_dir, st, sid, None) for sid in session_ids for st in stages]
+
+
+def plan_run_tasks(params: Params, run_dir: Path) -> list[Task]:
+    """Run-level tasks (the data-limit chapter), once per run; none when disabled."""
+    if not params.limits.enabled:
+        return []
+    stages = [s for s in available_stages() if s.level == "run"]
+    return [_make_task(params, run_dir, st, RUN_LEVEL_ID, None) for st in stages]
 
 
 def choose_neurons(params: Params, selection: pd.DataFrame, override=None) -> list[int]:
@@ -438,8 +452,11 @@ def run(
             if sel.is_file():
                 units = choose_neurons(params, load_csv(sel), neurons)
                 neuron_tasks += plan_neuron_tasks(params, run_dir, sid, units)
-        bar.total += len(neuron_tasks)
-        for wave in _waves(neuron_tasks):
+        run_tasks = plan_run_tasks(params, run_dir)  # independent: beside the first wave
+        bar.total += len(neuron_tasks) + len(run_tasks)
+        waves = _waves(neuron_tasks) or [[]]
+        waves[0] = waves[0] + run_tasks
+        for wave in waves:
             result.results += _run_wave(run_dir, wave, submit_all, bar)
         for sid in session_ids:
             sdir = run_dir / "results" / str(sid)

@@ -425,16 +425,23 @@ def pearson(x, y, axis: int = -1) -> np.ndarray:
 
 
 def bootstrap_corr_ci(
-    pred, obs, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    pred, obs, n_boot: int = 1000, level: float = 0.95, seed: int = 0, expanded: bool = True
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``pearson(pred, obs)`` over paired samples.
+    """Bootstrap confidence interval of ``pearson(pred, obs)`` over paired samples.
+
+    With 14 test images and skewed responses the plain percentile interval is too narrow: on
+    simulated units its 90 % interval covered the true-rate correlation 79-84 % of the time.
+    The *expanded* percentile interval (Hesterberg 2015, "What teachers should know about the
+    bootstrap") takes the quantiles at ``Phi(-sqrt(n / (n - 1)) t_{n-1, 1 - alpha/2})`` instead
+    of ``alpha / 2``, which brought the coverage to 82-88 % (``tests/test_limits.py``).
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=14)
-    >>> lo, hi = bootstrap_corr_ci(x, x + rng.normal(size=14), n_boot=500)
-    >>> bool(lo < float(pearson(x, x + rng.normal(size=14))) or True), bool(lo < hi)
+    >>> y = x + rng.normal(size=14)
+    >>> lo, hi = bootstrap_corr_ci(x, y, n_boot=500)
+    >>> bool(lo < float(pearson(x, y)) < hi), bool(hi - lo > 0.1)
     (True, True)
     """
     pred, obs = np.asarray(pred, dtype=np.float64), np.asarray(obs, dtype=np.float64)
@@ -449,6 +456,11 @@ def bootstrap_corr_ci(
     if not len(r):
         return (np.nan, np.nan)
     a = (1 - level) / 2
+    if expanded:
+        from scipy import stats
+
+        n = len(pred)
+        a = float(stats.norm.cdf(-np.sqrt(n / (n - 1)) * stats.t.ppf(1 - a, n - 1)))
     lo, hi = np.quantile(r, [a, 1 - a])
     return float(lo), float(hi)
 

@@ -64,8 +64,18 @@ def test_end_to_end(tiny_run):
         outputs = [o for c in nb.cells for o in c.get("outputs", [])]
         errors = [o for o in outputs if o.get("output_type") == "error"]
         assert not errors, r.task_id
-    html = {p.stem for p in (index.parent / "sessions").rglob("*.html")}
+    html = {p.stem for p in index.parent.rglob("*.html")}
     assert {Path(r.notebook).stem for r in res.results} <= html
+    # the data-limit chapter: its tables, and the page with its headline and figures
+    ldir = out / "results" / "limits"
+    units = pd.read_csv(ldir / "limits_units.csv")
+    assert sorted(units["n_images"].unique()) == [30, 60]
+    assert units["trust"].isin(["high", "medium", "low"]).all()
+    assert {"LN + crop", "CNN + ensemble", "population"} <= set(
+        pd.read_csv(ldir / "limits_models.csv")["variant"])
+    (chapter,) = index.parent.rglob("07_limits.html")
+    text = chapter.read_text()
+    assert "With 30 images" in text and text.count("<img") >= 3
     assert index.is_file()
     mei_pages = list((index.parent / "sessions").rglob("04_mei.html"))
     assert len(mei_pages) == len(summary)
@@ -87,10 +97,14 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     mei = p.model_copy(update={"mei": p.mei.model_copy(update={"steps": 25})})
     res = run(mei, out=out, progress=False)
     assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
-    # a trust threshold: the MEI stage assesses trust, so it re-runs with what reads its outputs
+    # a trust threshold: the MEI stage assesses trust, so it re-runs with what reads its outputs;
+    # the data-limit chapter relabels its units (its models and MEIs are reused, not refitted)
     strict = mei.model_copy(update={"trust": mei.trust.model_copy(update={"max_rf_p": 0.5})})
+    fitted = sorted((out / "results" / "limits" / "work").rglob("models.csv"))
+    stamps = [f.stat().st_mtime_ns for f in fitted]
     res = run(strict, out=out, progress=False)
-    assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
+    assert {r.stage for r in res.executed} == {"mei", "gabor", "summary", "limits"}
+    assert fitted and [f.stat().st_mtime_ns for f in fitted] == stamps
     mei = strict
     # deleting one artifact re-executes just its producer (outputs are byte-reproducible)
     sdir = _session_dir(out)

@@ -1,0 +1,131 @@
+"""Figures of the data-limit chapter (:mod:`meireport.limits`)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from meireport.limits import CURVE_VARIANTS, MATCH, OPTION_VARIANTS, TUNED
+
+__all__ = ["curve_figure", "options_figure", "trust_figure"]
+
+_KIND_STYLE = {"simple": "-", "complex": "--"}
+_TRUST_COLOURS = {"high": "#2e7d32", "medium": "#ef6c00", "low": "#c62828"}
+
+
+def _median_by_n(df: pd.DataFrame, value: str) -> pd.Series:
+    return df.groupby("n_images")[value].median()
+
+
+def curve_figure(tables: dict[str, pd.DataFrame]) -> Figure:
+    """Four panels against the number of images: models, MEIs, inception loop, selection.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"n_images": [30, 60], "variant": ["CNN"] * 2, "unit_id": [1, 1],
+    ...                   "true_kind": ["simple"] * 2, "true_corr": [0.2, 0.5]})
+    >>> u = pd.DataFrame({"n_images": [30, 60], "unit_id": [1, 1], "true_kind": ["simple"] * 2,
+    ...                   "mei_rf_corr": [0.1, 0.4], "mei_true_resp": [5, 9],
+    ...                   "best_image_true_resp": [6, 4]})
+    >>> s = pd.DataFrame({"n_images": [30, 60], "precision": [1, 1], "recall": [0.4, 0.6]})
+    >>> fig = curve_figure({"models": m, "units": u, "session": s})
+    >>> len(fig.axes)
+    4
+    """
+    models, units, session = tables["models"], tables["units"], tables["session"]
+    fig, ax = plt.subplots(2, 2, figsize=(10, 7.5), constrained_layout=True)
+    a = ax[0, 0]
+    for i, v in enumerate(CURVE_VARIANTS):
+        for kind in TUNED:
+            d = models[(models["variant"] == v.name) & (models["true_kind"] == kind)]
+            if len(d):
+                med = _median_by_n(d, "true_corr")
+                a.plot(med.index, med.values, _KIND_STYLE[kind], marker="o", color=f"C{i}",
+                       label=f"{v.name}, {kind}")
+    a.set(xlabel="natural images in the session", ylabel="correlation with the true rate\n"
+          "(new images, median of units)", title="What the models learn", ylim=(-0.1, 1.0))
+    a.legend(fontsize=7)
+    a = ax[0, 1]
+    tu = units[units["true_kind"].isin(TUNED)]
+    for kind in TUNED:
+        d = tu[tu["true_kind"] == kind]
+        if len(d):
+            a.scatter(d["n_images"] * (1.03 if kind == "complex" else 0.97), d["mei_rf_corr"],
+                      s=14, alpha=0.5, color="C0" if kind == "simple" else "C1")
+            med = _median_by_n(d, "mei_rf_corr")
+            a.plot(med.index, med.values, _KIND_STYLE[kind], marker="o",
+                   color="C0" if kind == "simple" else "C1", label=f"{kind} (median)")
+    a.axhline(MATCH, color="grey", lw=0.8, ls=":")
+    a.set(xlabel="natural images in the session", ylabel="MEI vs true optimal stimulus (r)",
+          title="Does the MEI match the truth?", ylim=(-1, 1))
+    a.legend(fontsize=7)
+    a = ax[1, 0]
+    w = tu.assign(img=tu["mei_true_resp"] > tu["best_image_true_resp"])
+    a.plot(*_xy(w.groupby("n_images")["img"].mean()), marker="o",
+           label="MEI > best natural image")
+    if "session_gabor_true_resp" in tu:
+        g = tu.assign(gab=tu["mei_true_resp"] > tu["session_gabor_true_resp"])
+        a.plot(*_xy(g.groupby("n_images")["gab"].mean()), marker="s",
+               label="MEI > best session Gabor")
+    a.set(xlabel="natural images in the session", ylabel="fraction of tuned units",
+          title="True neuron, equal mean and contrast", ylim=(-0.05, 1.05))
+    a.legend(fontsize=7)
+    a = ax[1, 1]
+    s = session.sort_values("n_images")
+    a.plot(s["n_images"], s["precision"], marker="o", label="precision")
+    a.plot(s["n_images"], s["recall"], marker="s", label="recall")
+    a.set(xlabel="natural images in the session", ylabel="fraction",
+          title="Selection rule vs true tuning", ylim=(-0.05, 1.05))
+    a.legend(fontsize=7)
+    for a in ax.ravel():
+        a.set_xscale("log")
+        a.grid(alpha=0.3)
+    return fig
+
+
+def _xy(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    return series.index.to_numpy(), series.to_numpy(dtype=float)
+
+
+def options_figure(models: pd.DataFrame) -> Figure:
+    """Median true-rate correlation of each data-efficiency option, simple vs complex cells."""
+    names = [v.name for v in OPTION_VARIANTS]
+    m = models[models["variant"].isin(names) & models["true_kind"].isin(TUNED)]
+    fig, a = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2), constrained_layout=True)
+    y = np.arange(len(names))
+    for j, kind in enumerate(TUNED):
+        med = m[m["true_kind"] == kind].groupby("variant")["true_corr"].median()
+        a.barh(y + (j - 0.5) * 0.38, [med.get(n, np.nan) for n in names], height=0.38,
+               label=kind)
+    a.set_yticks(y, names)
+    a.invert_yaxis()
+    n = ", ".join(str(int(v)) for v in sorted(m["n_images"].unique()))
+    a.set(xlabel="correlation with the true rate on new images (median of units)",
+          title=f"Data-efficiency options ({n} images)")
+    a.axvline(0, color="k", lw=0.8)
+    a.legend()
+    a.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def trust_figure(units: pd.DataFrame) -> Figure:
+    """MEI vs truth for each unit, grouped by trust label, one panel per session size."""
+    tu = units[units["true_kind"].isin(TUNED)]
+    sizes = sorted(tu["n_images"].unique())
+    fig, ax = plt.subplots(1, max(len(sizes), 1), figsize=(3.2 * max(len(sizes), 1), 3.4),
+                           sharey=True, constrained_layout=True, squeeze=False)
+    for a, n in zip(ax[0], sizes, strict=False):
+        d = tu[tu["n_images"] == n]
+        for i, label in enumerate(("high", "medium", "low")):
+            v = d.loc[d["trust"] == label, "mei_rf_corr"].to_numpy(float)
+            a.scatter(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, s=18,
+                      color=_TRUST_COLOURS[label])
+            if len(v):
+                a.hlines(np.median(v), i - 0.3, i + 0.3, color=_TRUST_COLOURS[label])
+        a.axhline(MATCH, color="grey", lw=0.8, ls=":")
+        a.set_xticks(range(3), ["high", "medium", "low"])
+        a.set(title=f"{int(n)} images", xlabel="trust label", ylim=(-1, 1))
+    ax[0, 0].set_ylabel("MEI vs true optimal stimulus (r)")
+    return fig
