@@ -1,8 +1,9 @@
-"""Benchmarks of meireport.train (not tests): timing, positive control, data-efficiency options.
+"""Benchmark of meireport.train (not a test): training time per neuron and throughput.
 
     python bench/bench_train.py timing  [--threads 2]   # s per neuron, images/s (target <= 60 s)
-    python bench/bench_train.py compare [--threads 1]   # options on the default 118-image session
-    python bench/bench_train.py control [--threads 1]   # data-rich session (1000 images)
+
+The data-efficiency options are compared by the report itself (the data-limit chapter,
+:mod:`meireport.limits`), against the simulator's truth.
 
 Sessions are simulated into ``--cache`` (reused when they exist). Results go to
 ``--out/train_<mode>.csv`` (one row per unit and condition) and ``train_<mode>.md`` (summary).
@@ -15,16 +16,15 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from meireport.models import CNNConfig, CNNModel, LNConfig
+from meireport.models import CNNConfig, CNNModel
 from meireport.sources import open_session, simulate_session
-from meireport.train import TrainConfig, fit_model, load_responses
+from meireport.train import fit_model, load_responses
 
 CROP = (32, 32)
 LN_CROP = (24, 24)
@@ -123,101 +123,18 @@ def timing(cache: Path, out: Path) -> pd.DataFrame:
     return table
 
 
-# ------------------------------------------------------------------------------------------
-# comparison of data-efficiency options
-# ------------------------------------------------------------------------------------------
-CONDITIONS = (
-    # name, model kind, crop, gabors, ensemble, population
-    ("LN full field", "ln", False, False, 1, False),
-    ("LN crop", "ln", True, False, 1, False),
-    ("LN full field + gabors", "ln", False, True, 1, False),
-    ("LN crop + gabors", "ln", True, True, 1, False),
-    ("CNN full field", "cnn", False, False, 1, False),
-    ("CNN crop", "cnn", True, False, 1, False),
-    ("CNN crop + gabors", "cnn", True, True, 1, False),
-    ("CNN crop, ensemble x5", "cnn", True, False, 5, False),
-    ("population", "cnn", False, False, 1, True),
-    ("population + gabors", "cnn", False, True, 1, True),
-    ("population, ensemble x5", "cnn", False, False, 5, True),
-)
-
-
-def _fit_condition(cond, data, units, truth, oracle, centres, train: TrainConfig):
-    name, kind, crop, gabors, ensemble, population = cond
-    cfg = replace(train, gabors=gabors, ensemble=ensemble)
-    if population:
-        ids = data.unit_ids  # every VISam unit shares the core; metrics kept for `units`
-        fit = fit_model(data, ids, "cnn", train_config=cfg, oracle=oracle, truth=truth,
-                        rf_centres=[centres[int(u)] for u in ids])
-        return [fit.metrics.loc[units].assign(seconds=fit.seconds / len(ids))]
-    out = []
-    for u in units:
-        centre = centres[int(u)]
-        if kind == "ln":
-            mcfg = LNConfig(crop_size=LN_CROP if crop else None)
-        else:
-            mcfg = CNNConfig(crop_size=CROP if crop else None)
-        if crop and not np.isfinite(centre).all():
-            continue  # no mapped RF centre: no crop
-        fit = fit_model(data, [u], kind, mcfg, cfg, rf_centres=centre, oracle=oracle, truth=truth)
-        out.append(fit.metrics)
-        print(f"  {name:28s} {u} {fit.metrics['true_kind'].iloc[0]:8s} "
-              f"test {fit.metrics['test_corr'].iloc[0]:+.3f} "
-              f"true {fit.metrics['true_corr'].iloc[0]:+.3f} {fit.seconds:5.1f} s", flush=True)
-    return out
-
-
-def compare(cache: Path, out: Path, per_kind: int, rich: bool = False, conditions=None):
-    sim = _session(cache, rich=rich)
-    data, truth, oracle, mapped, true_c, kinds, rf = _prepare(sim)
-    units = _units(data, kinds, per_kind)
-    print(f"{len(units)} units; mapped RF centre error (px): "
-          + ", ".join(f"{np.hypot(*np.subtract(mapped[int(u)], true_c[int(u)])):.1f}"
-                      for u in units), flush=True)
-    train = TrainConfig()
-    rows = []
-    for cond in conditions or CONDITIONS:
-        t0 = time.perf_counter()
-        for m in _fit_condition(cond, data, units, truth, oracle, mapped, train):
-            rows.append(m.reset_index().assign(condition=cond[0]))
-        print(f"{cond[0]}: {time.perf_counter() - t0:.0f} s", flush=True)
-    table = pd.concat(rows, ignore_index=True)
-    table["ci_width"] = table["test_corr_ci_high"] - table["test_corr_ci_low"]
-    return table
-
-
-def summarise(table: pd.DataFrame) -> pd.DataFrame:
-    cols = ["test_corr", "frac_oracle", "true_corr", "ci_width", "seconds"]
-    order = list(dict.fromkeys(table["condition"]))
-    s = table.groupby(["condition", "true_kind"])[cols].median().unstack("true_kind")
-    s.columns = [f"{a} ({b})" for a, b in s.columns]
-    all_ = table.groupby("condition")[["test_corr", "frac_oracle", "true_corr"]].median()
-    s = all_.add_suffix(" (all)").join(s)
-    return s.loc[order].round(3)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=("timing", "compare", "control"))
+    p.add_argument("mode", choices=("timing",))
     p.add_argument("--cache", type=Path, default=Path("runs/bench-sim"))
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--per-kind", type=int, default=6, help="simple and complex units compared")
-    p.add_argument("--conditions", default="", help="comma-separated condition names (default all)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if a.mode == "timing":
-        table = timing(a.cache, a.out)
-        summary = table
-    else:
-        wanted = [c.strip() for c in a.conditions.split(",") if c.strip()]
-        conds = [c for c in CONDITIONS if not wanted or c[0] in wanted]
-        if a.mode == "control":
-            conds = [c for c in conds if c[4] == 1 and not c[3]]
-        table = compare(a.cache, a.out, a.per_kind, rich=a.mode == "control", conditions=conds)
-        summary = summarise(table)
+    table = timing(a.cache, a.out)
+    summary = table
     table.to_csv(a.out / f"train_{a.mode}.csv", index=False)
     (a.out / f"train_{a.mode}.md").write_text(
         f"# bench_train {a.mode}\n\n{torch.get_num_threads()} torch thread(s), "

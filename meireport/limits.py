@@ -259,6 +259,7 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
 def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsConfig) -> dict:
     """The MEI of one unit on its model and its in-silico inception loop (as the MEI stage)."""
     from meireport.compare import (
+        best_image_true_resp,
         equalize,
         footing,
         mei_rf_corr,
@@ -286,7 +287,10 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsConfig) -> dict:
     out = {"mei_reliability": float(res.reliability), "mei_seconds": float(res.seconds),
            "mei_rf_corr": mei_rf_corr(truth, unit_id, mei),
            "mei_true_resp": mei_true_resp(truth, unit_id, mei, mean=mean, std=c_star),
-           "best_image_true_resp": true(eq[1 + best])}
+           # as the report: the strongest rival, the natural image the TRUE neuron prefers
+           "best_image_true_resp": best_image_true_resp(truth, unit_id, imgs, mean=mean,
+                                                        std=c_star),
+           "model_best_image_true_resp": true(eq[1 + best])}
     if sg is not None:  # at the carrier phase the model prefers (Allen's gabors drift)
         out["session_gabor_true_resp"] = true(best_phase_image(sg, model, mean, c_star)[0])
     return out

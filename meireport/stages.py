@@ -161,18 +161,25 @@ class TrainStage:
 
 
 def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) -> TrainStage:
-    """Fit the unit's CNN and LN baseline; write ``model.pt``, ``ln.pt`` and ``train.json``."""
+    """Fit the unit's CNN and LN baseline; write ``model.pt``, ``ln.pt`` and ``train.json``.
+
+    With ``model.crop`` set, a unit without a mapped receptive field (no significant RF map) is
+    fitted on the full field; ``train.json``'s ``crop_px`` says which.
+    """
     from meireport.train import fit_model, make_split, save_checkpoint
 
     _single_thread_torch()
     sdir, info, geometry = _session(session_dir)
     row = unit_row(sdir, unit_id)
     data = response_data(sdir, gabors=bool(model["use_gabors"]))
+    centre = _centre(row)
+    if model.get("crop") and centre is None:  # nothing to crop around: the full field
+        model = dict(model, crop=None)
     cnn_cfg, ln_cfg, tr_cfg = model_configs(model, train, geometry.shape)
     split = make_split(data.image_ids, tr_cfg.val_frac, tr_cfg.test_frac, tr_cfg.split_seed)
     truth = _truth(info, sdir)
     oracle = {int(unit_id): float(row["oracle_corr"])}
-    kw = dict(train_config=tr_cfg, rf_centres=[_centre(row)], oracle=oracle, truth=truth,
+    kw = dict(train_config=tr_cfg, rf_centres=[centre], oracle=oracle, truth=truth,
               split=split)
     cnn = fit_model(data, [int(unit_id)], "cnn", cnn_cfg, **kw)
     ln = fit_model(data, [int(unit_id)], "ln", ln_cfg, **kw)
@@ -190,7 +197,8 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) ->
         "test_ll_gain": float(m["test_ll_gain"]),
         "test_corr_ln": float(mln["test_corr"]), "frac_oracle_ln": float(mln["frac_oracle"]),
         "train_seconds": float(cnn.seconds), "train_seconds_ln": float(ln.seconds),
-        "rf_centre_px": list(_centre(row)) if _centre(row) else None,
+        "rf_centre_px": list(centre) if centre else None,
+        "crop_px": model.get("crop"),  # null when the unit has no mapped RF to crop around
     }
     if "true_corr" in cnn.metrics:
         values |= {"true_corr": float(m["true_corr"]), "true_corr_ln": float(mln["true_corr"])}
@@ -305,6 +313,7 @@ class GaborStage:
     search: object
     mei: np.ndarray
     values: dict
+    gabor: np.ndarray | None = None  # the Gabor compared (searched, else the session's), equalised
 
 
 def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
@@ -316,7 +325,7 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
     from types import SimpleNamespace
 
     from meireport.compare import describe, equalize, pixel_correlation
-    from meireport.gabor import gabor_search, session_gabor
+    from meireport.gabor import best_phase_image, gabor_search, session_gabor
     from meireport.mei import predict
 
     _single_thread_torch()
@@ -332,10 +341,12 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
     counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
     sg = session_gabor(SimpleNamespace(table=table, counts=counts), int(unit_id), geometry,
                        k=int(gabor["k"]))
+    # Allen's gabors drift: the session Gabor is shown at the carrier phase the model prefers
+    sg_image, sg_phase = best_phase_image(sg, model, mean, c_star)
     search = gabor_search(model, geometry, mean=mean, std=c_star, config=search_config(gabor)) \
         if gabor.get("search", True) else None
-    best_gabor = search.image if search is not None else equalize(sg.image[None], mean, c_star)[0]
-    eq = equalize(np.stack([mei_img, sg.image, best_gabor]), mean, c_star)
+    best_gabor = search.image if search is not None else sg_image
+    eq = equalize(np.stack([mei_img, sg_image, best_gabor]), mean, c_star)
     pred = predict(model, eq)
     radius = gabor.get("mask_radius")
     dm, dg = describe(eq[0], geometry, radius), describe(eq[2], geometry, radius)
@@ -343,6 +354,7 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
         "best_gabor_pred": float(pred[2]), "session_gabor_pred": float(pred[1]),
         "session_gabor_x_deg": sg.x_deg, "session_gabor_y_deg": sg.y_deg,
         "session_gabor_orientation_deg": sg.orientation_deg,
+        "session_gabor_phase": sg_phase,
         "mei_luminance": dm["luminance"], "mei_contrast": dm["contrast"],
         "gabor_luminance": dg["luminance"], "gabor_contrast": dg["contrast"],
         "mei_si1": dm["si1"], "mei_si2": dm["si2"], "gabor_si1": dg["si1"], "gabor_si2": dg["si2"],
@@ -363,4 +375,4 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
                                                                  mean=mean, std=c_star)
     save_npy(out / "gabor.npy", eq[2])
     save_json(out / "comparison.json", values)
-    return GaborStage(sg, search, eq[0], values)
+    return GaborStage(sg, search, eq[0], values, eq[2])
