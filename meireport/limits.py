@@ -76,8 +76,9 @@ class LimitsConfig:
     area_population : tuple of int
         Simulated VISam units ``(simple, complex, untuned, poor)``.
     n_units : int
-        Units modelled per session, at evenly spaced ranks of the oracle correlation (from the
-        most to the least reliable unit with a positive oracle), so the study spans good and bad.
+        Simple and as many complex units modelled per session, each at evenly spaced ranks of
+        the oracle correlation (from the most to the least reliable unit with a positive
+        oracle), so the study spans good and bad units of both kinds.
     options_at : int or None
         Session size at which every data-efficiency option is compared (None: none).
     crop : int
@@ -94,7 +95,7 @@ class LimitsConfig:
     n_repeats: int = 50
     seed: int = 0
     area_population: tuple[int, int, int, int] = (24, 16, 14, 8)
-    n_units: int = 8
+    n_units: int = 4
     options_at: int | None = 118
     crop: int = 32
     ensemble: int = 3
@@ -166,15 +167,23 @@ OPTION_VARIANTS = (
 # -------------------------------------------------------------------------------------------
 # unit choice and configs
 # -------------------------------------------------------------------------------------------
-def choose_spread(selection: pd.DataFrame, n: int) -> list[int]:
+def choose_spread(selection: pd.DataFrame, n: int, by: str | None = None) -> list[int]:
     """``n`` units at evenly spaced oracle ranks among units with a positive oracle.
+
+    With ``by`` (a column, e.g. the simulator's ``true_kind``), ``n`` units are taken from each
+    of :data:`TUNED` kinds, so that per-kind figures rest on as many simple as complex cells.
 
     Examples
     --------
     >>> sel = pd.DataFrame({"unit_id": range(10), "oracle_corr": np.linspace(-0.1, 0.8, 10)})
     >>> choose_spread(sel, 3)
     [9, 5, 2]
+    >>> sel["kind"] = ["simple", "complex"] * 5
+    >>> choose_spread(sel, 2, by="kind")
+    [8, 2, 9, 3]
     """
+    if by is not None:
+        return [u for kind in TUNED for u in choose_spread(selection[selection[by] == kind], n)]
     pos = selection[selection["oracle_corr"] > 0].sort_values("oracle_corr", ascending=False)
     ids = pos["unit_id"].astype(int).to_numpy()
     if len(ids) <= n:
@@ -238,12 +247,17 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
         d = data if gabors else replace(data, gabors=None)
         groups = [units] if v.population else [[u] for u in units]
         for us in groups:
+            cfg_u = mcfg
             if getattr(mcfg, "crop_size", None) and any(centres[u] is None for u in us):
-                continue  # no mapped RF: nothing to crop around (the row is left out)
-            same = (v.kind, v.population, repr(mcfg), repr(tr), gabors, tuple(us))
+                if v.crop is not None:
+                    continue  # a crop option without a mapped RF: left out
+                # the report's own model: full field, as the train stage does
+                cfg_u = _variant_configs(v, dict(model, crop=None), train, cfg, shape)[0]
+            same = (v.kind, v.population, repr(cfg_u), repr(tr), gabors, tuple(us))
             if same not in done:
-                done[same] = fit_model(d, us, v.kind, mcfg, tr, rf_centres=[centres[u] for u in us],
-                                       oracle=oracle, truth=truth, split=split)
+                done[same] = fit_model(d, us, v.kind, cfg_u, tr,
+                                       rf_centres=[centres[u] for u in us], oracle=oracle,
+                                       truth=truth, split=split)
             fit = done[same]
             for u in us:
                 m = fit.metrics.loc[u]
@@ -284,7 +298,9 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsConfig) -> dict:
     def true(img):
         return float(true_response(truth, unit_id, img[None], mean=mean, std=c_star)[0])
 
-    out = {"mei_reliability": float(res.reliability), "mei_seconds": float(res.seconds),
+    out = {"mei_reliability": float(res.reliability),
+           "mei_phase_reliability": float(res.phase_reliability),
+           "mei_seconds": float(res.seconds),
            "mei_rf_corr": mei_rf_corr(truth, unit_id, mei),
            "mei_true_resp": mei_true_resp(truth, unit_id, mei, mean=mean, std=c_star),
            # as the report: the strongest rival, the natural image the TRUE neuron prefers
@@ -412,7 +428,7 @@ def _compute(n_images: int, cfg: LimitsConfig, work: Path, model: dict, train: d
         "precision": float((chosen & tuned).sum() / max(chosen.sum(), 1)),
         "recall": float((chosen & tuned).sum() / max(tuned.sum(), 1)),
     }])
-    units = choose_spread(sel, cfg.n_units)
+    units = choose_spread(sel, cfg.n_units, by="true_kind")
     rows = sel.set_index("unit_id").loc[units]
     centres = {u: _centre(rows.loc[u]) for u in units}
     oracle = rows["oracle_corr"].astype(float).to_dict()
@@ -520,10 +536,15 @@ def curve_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def options_table(models: pd.DataFrame) -> pd.DataFrame:
     """Median test/true-rate correlation, ``frac_oracle`` and seconds per option and cell kind.
 
-    Tuned units only, in the order of :data:`OPTION_VARIANTS`.
+    Tuned units for which every option was fitted (paired), in the order of
+    :data:`OPTION_VARIANTS`.
     """
     names = [v.name for v in OPTION_VARIANTS]
     m = models[models["variant"].isin(names) & models["true_kind"].isin(TUNED)]
+    # paired: only units every option was fitted for (a unit without a mapped RF has no crop)
+    n = m.groupby(["n_images", "unit_id"])["variant"].nunique()
+    full = n[n == len(names)].index
+    m = m[pd.MultiIndex.from_frame(m[["n_images", "unit_id"]]).isin(full)]
     if m.empty:
         return pd.DataFrame()
     t = m.groupby(["variant", "true_kind"])[["test_corr", "frac_oracle", "true_corr",
@@ -559,7 +580,11 @@ def criterion_auc(units: pd.DataFrame) -> pd.Series:
     """
     from scipy.stats import rankdata
 
-    tu = units[units["true_kind"].isin(TUNED)]
+    from meireport.trust import mei_agreement
+
+    tu = units[units["true_kind"].isin(TUNED)].copy()
+    if "mei_reliability" in tu:  # the trust criterion: agreement up to the carrier's phase
+        tu["mei_reliability"] = [mei_agreement(r) for r in tu.to_dict("records")]
     y = (tu["mei_rf_corr"] >= MATCH).to_numpy()
     out = {}
     for c, sign in (("test_corr_ci_low", 1), ("frac_oracle", 1), ("mei_reliability", 1),

@@ -196,7 +196,8 @@ class LimitsParams(_Section):
     seed: int = Field(0, description="seed of the simulated sessions")
     area_population: tuple[int, int, int, int] = Field(
         (24, 16, 14, 8), description="simulated VISam units (simple, complex, untuned, poor)")
-    n_units: int = Field(8, ge=1, description="units modelled per size, spread over oracle ranks")
+    n_units: int = Field(4, ge=1, description="simple and as many complex units modelled per "
+                         "size, spread over oracle ranks")
     options_at: int | None = Field(
         118, description="size at which every data-efficiency option is compared (null: none)")
     crop: int = Field(32, ge=8, description="RF crop (px) of the crop options")

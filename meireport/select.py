@@ -1087,10 +1087,10 @@ def select_to_dir(session_dir, selection: Mapping) -> pd.DataFrame:
 
     Reads the extraction artifacts (``trials.npz``, ``units.csv``, ``gabors.npz``,
     ``session.json``) and writes ``selection.csv`` (one row per unit: every metric, RF columns,
-    ``selected``, ``reason`` and ``selection_stability``, the fraction of
-    ``selection["stability_resamples"]`` trial resamples (default 20) in which the same rule
-    selects the unit, see :func:`meireport.trust.selection_stability`) and ``rfmap.npz`` (the
-    9 x 9 gabor maps).
+    ``selected``, ``reason`` and ``selection_stability``: the fraction of
+    ``selection["stability_resamples"]`` trial resamples (default 20) in which the same rule,
+    without its ``max_units`` cap, selects the unit; see
+    :func:`meireport.trust.selection_stability`) and ``rfmap.npz`` (the 9 x 9 gabor maps).
     """
     from pathlib import Path
 
@@ -1119,8 +1119,10 @@ def select_to_dir(session_dir, selection: Mapping) -> pd.DataFrame:
         metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
     rule = rule_from_params(selection)
     out = select_units(metrics, rule)
+    # stability of passing the rule itself: the max_units cap is a budget, not a reliability
+    uncapped = rule_from_params({**selection, "max_units": None})
     stability = selection_stability(
-        tr["data"], ids, rule, n_resamples=int(selection.get("stability_resamples", 20)),
+        tr["data"], ids, uncapped, n_resamples=int(selection.get("stability_resamples", 20)),
         seed=int(selection.get("seed", 0)), metrics=metrics,
     )
     out["selection_stability"] = stability.loc[out["unit_id"]].to_numpy()

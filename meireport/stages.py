@@ -286,6 +286,7 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
     values = {"mei_pred": float(pred[0]), "best_image_pred": float(pred[1 + best]),
               "best_image_frame": int(load_npz(sdir / "images.npz")["frames"][best]),
               "mei_reliability": float(res.reliability), "mei_reliable": bool(res.reliable),
+              "mei_phase_reliability": float(res.phase_reliability),
               "c_star": float(c_star), "mean_luminance": float(mean),
               "mei_seconds": float(res.seconds)}
     truth = _truth(info, sdir)

@@ -30,6 +30,7 @@ import pandas as pd
 from meireport.errors import MeireportError
 
 __all__ = [
+    "mei_agreement",
     "LABELS",
     "LABEL_COLOURS",
     "Trust",
@@ -198,7 +199,8 @@ _CRITERIA = (
     _Criterion("frac_oracle", "min_frac_oracle", ">=", False, "fraction of the oracle",
                lambda v, t, _: f"model reaches {v:.2f} of the oracle (needs >= {t:g})"),
     _Criterion("mei_reliability", "min_mei_agreement", ">=", True, "MEI agreement between starts",
-               lambda v, t, _: f"MEIs of different starts agree only {v:.2f} (needs >= {t:g})"),
+               lambda v, t, _: f"MEIs of different starts agree only {v:.2f}, even up to phase "
+               f"(needs >= {t:g})"),
     _Criterion("selection_stability", "min_selection_stability", ">=", False,
                "selection stability",
                lambda v, t, _: f"selected in {v:.0%} of trial resamples (needs >= {t:.0%})"),
@@ -206,6 +208,25 @@ _CRITERIA = (
                lambda v, t, _: f"no significant receptive field (p = {v:.3g}, needs <= {t:g})"),
 )
 _OPS = {">": np.greater, ">=": np.greater_equal, "<=": np.less_equal}
+
+
+def mei_agreement(values: Mapping) -> float:
+    """Agreement of a neuron's MEIs across starts, up to the carrier's phase.
+
+    The larger of ``mei_reliability`` (pixel correlation) and ``mei_phase_reliability`` (the
+    phase-invariant one, :func:`meireport.compare.phase_invariant_correlation`): a complex
+    cell's MEIs may legitimately differ in phase only; that is not a disagreement about what
+    excites the neuron (the MEI page says its phase is arbitrary).
+
+    Examples
+    --------
+    >>> mei_agreement({"mei_reliability": -0.5, "mei_phase_reliability": 0.9})
+    0.9
+    >>> mei_agreement({"mei_reliability": 0.7})
+    0.7
+    """
+    a, b = _value(values, "mei_reliability"), _value(values, "mei_phase_reliability")
+    return float(np.fmax(a, b))
 
 
 def _value(values: Mapping, key: str) -> float:
@@ -225,8 +246,9 @@ def assess(values: Mapping, thresholds: TrustThresholds | None = None) -> Trust:
     ----------
     values : Mapping
         The neuron's numbers (any may be missing, None or NaN: that criterion is unknown):
-        ``test_corr_ci_low``, ``test_corr_ci_high``, ``frac_oracle``, ``mei_reliability``,
-        ``selection_stability``, ``rf_p_value``. Other keys are ignored.
+        ``test_corr_ci_low``, ``test_corr_ci_high``, ``frac_oracle``, ``mei_reliability`` and
+        ``mei_phase_reliability`` (their larger, :func:`mei_agreement`), ``selection_stability``,
+        ``rf_p_value``. Other keys are ignored.
     thresholds : TrustThresholds, optional
         Default :class:`TrustThresholds()`.
 
@@ -254,7 +276,8 @@ def assess(values: Mapping, thresholds: TrustThresholds | None = None) -> Trust:
     _value(values, "test_corr_ci_high")  # checked here: a bad one is named even when unused
     rows, reasons, critical_fail, all_ok = [], [], False, True
     for c in _CRITERIA:
-        v, t = _value(values, c.key), getattr(th, c.threshold)
+        t = getattr(th, c.threshold)
+        v = mei_agreement(values) if c.key == "mei_reliability" else _value(values, c.key)
         ok = None if np.isnan(v) else bool(_OPS[c.op](v, t))
         rows.append({"criterion": c.key, "value": v, "threshold": t, "ok": ok})
         if ok is None:

@@ -40,7 +40,7 @@ def test_config_validation():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = LimitsConfig(n_images=(30,), n_repeats=6, area_population=(6, 4, 3, 2), n_units=3,
+    cfg = LimitsConfig(n_images=(30,), n_repeats=6, area_population=(6, 4, 3, 2), n_units=2,
                        mei_steps=20, options_at=30)
     work = tmp_path_factory.mktemp("limits") / "n30"
     tables = session_limits(30, cfg, work, TINY["model"], TINY["train"], TINY["selection"],
@@ -54,13 +54,17 @@ def test_tables_hold_every_model_option_and_unit(tiny):
     assert s["n_tuned"] == 10 and 10 < s["n_units"] <= 15  # poor units may fail the filter
     assert 0 <= s["precision"] <= 1 and 0 < s["recall"] <= 1
     u = t["units"]
-    assert len(u) == 3 and set(u["trust"]) <= {"high", "medium", "low"}
+    assert u["true_kind"].tolist() == ["simple"] * 2 + ["complex"] * 2  # 2 of each kind
+    assert set(u["trust"]) <= {"high", "medium", "low"}
     assert u["trust_reasons"].str.len().gt(0).all()
-    assert u["oracle_corr"].is_monotonic_decreasing  # spread from the most reliable down
+    for _, d in u.groupby("true_kind"):  # spread from the most reliable down
+        assert d["oracle_corr"].is_monotonic_decreasing
     m = t["models"]
     names = {v.name for v in OPTION_VARIANTS} | {"LN", "CNN", "population CNN"}
     assert set(m["variant"]) == names
-    assert (m.groupby("variant").size() == 3).all()
+    n = m.groupby("variant").size()
+    crop = n.index.str.contains("crop")  # units without a mapped RF have no crop fit
+    assert (n[~crop] == 4).all() and (n[crop] <= 4).all() and n[crop].sum() > 0
     assert m["true_corr"].between(-1, 1).all() and (m["seconds"] > 0).all()
     # "CNN" and "CNN full field" are the same configuration here: fitted once, same numbers
     a = m[m["variant"] == "CNN"].set_index("unit_id")["true_corr"]
@@ -92,12 +96,12 @@ def test_rerun_and_new_trust_thresholds_reuse_the_heavy_work(tiny, monkeypatch):
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Small models (24 px crop CNN) on 118 and 1000 images, 8 units spread over the oracle."""
+    """Small models (24 px crop CNN) on 118 and 1000 images, 3 simple + 3 complex units."""
     p = parse_params({"source": {"kind": "simulated"},
                       "model": {"core_channels": 8, "core_layers": 2, "first_kernel": 9,
                                 "crop": 24}}).to_json_dict()
-    cfg = LimitsConfig(n_images=(118, 1000), n_repeats=10, n_units=8, options_at=None,
-                       mei_steps=200, population=False)
+    cfg = LimitsConfig(n_images=(118, 1000), n_repeats=50, n_units=3, options_at=None,
+                       mei_steps=150, population=False)
     tables = limits.run_limits(cfg, tmp_path_factory.mktemp("study"), p["model"], p["train"],
                                p["selection"])
     u = tables["units"]
@@ -108,16 +112,19 @@ def study(tmp_path_factory):
 
 
 def test_trust_label_predicts_mei_correctness(study):
+    """Units labelled high have better MEIs (vs the true optimum) than units labelled low."""
     u = study["units"]
     u = u[u["true_kind"].isin(("simple", "complex"))]
+    compared = 0
     for n, d in u.groupby("n_images"):
         high = d.loc[d["trust"] == "high", "mei_rf_corr"]
-        rest = d.loc[d["trust"] != "high", "mei_rf_corr"]
         low = d.loc[d["trust"] == "low", "mei_rf_corr"]
-        assert len(high) and len(rest), (n, d["trust"].tolist())
-        assert high.median() > rest.median(), (n, high.median(), rest.median())
+        assert len(high), (n, d["trust"].tolist())
+        assert (high >= limits.MATCH).mean() >= 0.5, (n, high.tolist())
         if len(low):
-            assert high.median() > low.median(), (n, high.median(), low.median())
+            compared += 1
+            assert high.median() > low.median() + 0.2, (n, high.median(), low.median())
+    assert compared >= 1  # the 118-image session has units labelled low
 
 
 def test_more_images_teach_the_models_more(study):
