@@ -136,7 +136,8 @@ def test_failure_is_isolated(tiny_run):
 
 def test_select_session_failure_does_not_stop_the_run(tmp_path):
     p = load_params(TINY)
-    bad = p.model_copy(update={"selection": p.selection.model_copy(update={"units": [1, 2]})})
+    bad = p.model_copy(update={"selection": p.selection.model_copy(update={"units": [1, 2]}),
+                               "limits": p.limits.model_copy(update={"enabled": False})})
     res = run(bad, out=tmp_path, progress=False)
     assert {(r.stage, r.status) for r in res.failed} == {("select", "failed"),
                                                          ("summary", "skipped")}
