@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from meireport.limits import CURVE_VARIANTS, MATCH, OPTION_VARIANTS, TUNED
+from meireport.limits import CURVE_VARIANTS, MATCH, OPTION_VARIANTS, TUNED, options_table
 
 __all__ = ["curve_figure", "options_figure", "trust_figure"]
 
@@ -67,8 +67,8 @@ def curve_figure(tables: dict[str, pd.DataFrame]) -> Figure:
            label="MEI > best natural image")
     if "session_gabor_true_resp" in tu:
         g = tu.assign(gab=tu["mei_true_resp"] > tu["session_gabor_true_resp"])
-        a.plot(*_xy(g.groupby("n_images")["gab"].mean()), marker="s",
-               label="MEI > best session Gabor")
+        a.plot(*_xy(g.groupby("n_images")["gab"].mean()), marker="s", ls="--", ms=9,
+               mfc="none", label="MEI > best session Gabor")
     a.set(xlabel="natural images in the session", ylabel="fraction of tuned units",
           title="True neuron, equal mean and contrast", ylim=(-0.05, 1.05))
     a.legend(fontsize=7)
@@ -79,8 +79,11 @@ def curve_figure(tables: dict[str, pd.DataFrame]) -> Figure:
     a.set(xlabel="natural images in the session", ylabel="fraction",
           title="Selection rule vs true tuning", ylim=(-0.05, 1.05))
     a.legend(fontsize=7)
+    sizes = sorted(session["n_images"].unique())
     for a in ax.ravel():
         a.set_xscale("log")
+        a.set_xticks(sizes, [str(int(n)) for n in sizes])
+        a.minorticks_off()
         a.grid(alpha=0.3)
     return fig
 
@@ -92,18 +95,19 @@ def _xy(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def options_figure(models: pd.DataFrame) -> Figure:
     """Median true-rate correlation of each data-efficiency option, simple vs complex cells."""
     names = [v.name for v in OPTION_VARIANTS]
-    m = models[models["variant"].isin(names) & models["true_kind"].isin(TUNED)]
+    table = options_table(models)  # paired: units every option was fitted for
     fig, a = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2), constrained_layout=True)
     y = np.arange(len(names))
     for j, kind in enumerate(TUNED):
-        med = m[m["true_kind"] == kind].groupby("variant")["true_corr"].median()
+        med = {v: table.loc[(v, kind), "true_corr"] for v in names if (v, kind) in table.index}
         a.barh(y + (j - 0.5) * 0.38, [med.get(n, np.nan) for n in names], height=0.38,
                label=kind)
     a.set_yticks(y, names)
     a.invert_yaxis()
-    n = ", ".join(str(int(v)) for v in sorted(m["n_images"].unique()))
+    sizes = models.loc[models["variant"].isin(names), "n_images"].unique()
+    n = ", ".join(str(int(v)) for v in sorted(sizes))
     a.set(xlabel="correlation with the true rate on new images (median of units)",
-          title=f"Data-efficiency options ({n} images)")
+          title=f"Data-efficiency options ({n} images; units every option could fit)")
     a.axvline(0, color="k", lw=0.8)
     a.legend()
     a.grid(axis="x", alpha=0.3)
