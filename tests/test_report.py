@@ -221,3 +221,21 @@ def test_site_in_headless_chromium(tiny_run, tmp_path):
             page.screenshot(path=str(tmp_path / f"page{i}.png"))
             page.close()
         browser.close()
+
+
+def test_crop_falls_back_to_the_full_field_without_a_mapped_rf(tiny_run, tmp_path):
+    from meireport import stages
+
+    out, _, _ = tiny_run
+    sdir = _session_dir(out)
+    sel = pd.read_csv(sdir / "selection.csv")
+    has_rf = sel["has_rf"].astype(bool)
+    assert has_rf.any() and (~has_rf).any()
+    p = load_params(TINY).to_json_dict()
+    model = dict(p["model"], crop=16)
+    for uid, expected in ((sel.loc[~has_rf, "unit_id"].iloc[0], None),
+                          (sel.loc[has_rf, "unit_id"].iloc[0], 16)):
+        st = stages.train_stage(sdir, tmp_path / str(uid), int(uid), model, p["train"])
+        assert st.values["crop_px"] == expected
+        assert (st.values["rf_centre_px"] is None) == (expected is None)
+        assert (tmp_path / str(uid) / "model.pt").is_file()
