@@ -485,6 +485,9 @@ def limits_to_dir(out_dir, limits: dict | None, model: dict, train: dict,
                   selection: dict | None = None, trust: dict | None = None,
                   progress: bool = False) -> dict[str, pd.DataFrame]:
     """The limits stage: run the study and write ``limits_{session,units,models}.csv``."""
+    from meireport.stages import _single_thread_torch
+
+    _single_thread_torch()  # beside the neurons' workers: one core each, reproducible numbers
     out = Path(out_dir)
     tables = run_limits(LimitsConfig.from_params(limits), out / "work", model, train, selection,
                         trust, progress)
