@@ -21,6 +21,26 @@ def default_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def rich_control_session(tmp_path_factory):
+    """Data-rich positive control: 1000 images x 8 repeats; VISam 3 simple, 3 complex, 1 untuned."""
+    from meireport.sources import simulate_session
+
+    return simulate_session(tmp_path_factory.mktemp("rich_control"), n_images=1000, n_repeats=8,
+                            population={"VISam": (3, 3, 1, 0)}, seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module, as the pipeline's stages run: reproducible numbers."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def small_session(tmp_path_factory):
     """A seconds-scale session: 8 images x 2 repeats (gabors complete)."""
     from meireport.sources import simulate_session

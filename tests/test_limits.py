@@ -7,7 +7,6 @@ import tempfile
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from meireport import limits
 from meireport.errors import MeireportError
@@ -21,11 +20,8 @@ TINY = parse_params({"source": {"kind": "simulated"},
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module with torch on one thread (conftest)."""
 
 
 def test_config_validation():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from meireport.compare import (
     best_gabor_true_resp,
@@ -52,24 +51,18 @@ STRONG_SIMPLE_PEAK = 30.0
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module with torch on one thread (conftest)."""
 
 
 @pytest.fixture(scope="module")
-def control(tmp_path_factory):
+def control(rich_control_session):
     """Fit, synthesise and compare every tuned unit; one row per unit."""
     from meireport.extract import gabor_responses
     from meireport.gabor import session_gabor
-    from meireport.sources import open_session, simulate_session, true_rate
+    from meireport.sources import open_session, true_rate
 
-    sim = simulate_session(
-        tmp_path_factory.mktemp("mei_control"), n_images=1000, n_repeats=8,
-        population={"VISam": (3, 3, 1, 0)}, seed=1,
-    )
+    sim = rich_control_session
     with open_session(sim.cache_dir) as s:
         data = load_responses(s, area="VISam")
         geometry = s.geometry

@@ -40,11 +40,8 @@ QUICK = TrainConfig(max_epochs=6, patience=3, n_boot=200, n_new_images=100)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test of this module with torch on one thread (conftest)."""
 
 
 def _centres(truth, unit_ids, geometry):
@@ -79,14 +76,11 @@ def default(default_session):
 
 
 @pytest.fixture(scope="module")
-def rich(tmp_path_factory):
+def rich(rich_control_session):
     """Data-rich positive control: 1000 images x 8 repeats, 3 simple, 3 complex, 1 untuned."""
-    from meireport.sources import open_session, simulate_session, true_rate
+    from meireport.sources import open_session, true_rate
 
-    sim = simulate_session(
-        tmp_path_factory.mktemp("rich"), n_images=1000, n_repeats=8,
-        population={"VISam": (3, 3, 1, 0)}, seed=1,
-    )
+    sim = rich_control_session
     with open_session(sim.cache_dir) as s:
         data = load_responses(s, area="VISam")
         geometry = s.geometry
