@@ -22,7 +22,7 @@ import pandas as pd
 
 from meireport.compare import equalize
 from meireport.errors import MeireportError
-from meireport.stimuli import ScreenGeometry, parse_pair
+from meireport.stimuli import ScreenGeometry, gabor_stack, parse_pair
 
 __all__ = [
     "PARAMS",
@@ -82,16 +82,7 @@ def render_gabors(geometry: ScreenGeometry, contrast: float = 1.0, **params) -> 
     arrs = np.broadcast_arrays(*[np.atleast_1d(np.asarray(params[p], float)) for p in PARAMS])
     x, y, ori, sf, size, phase = (a.reshape(-1, 1, 1) for a in arrs)
     c = np.broadcast_to(np.asarray(contrast, float).reshape(-1, 1, 1), x.shape)
-    rows, cols = geometry.shape
-    cx, cy = geometry.deg_to_px(x, y)
-    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
-    dx, dy = xx[None] - cx, cy - yy[None]
-    theta = np.deg2rad(ori)
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    sigma_px = size / 6.0 / geometry.deg_per_px
-    env = np.exp(-(dx**2 + dy**2) / (2 * sigma_px**2))
-    carrier = np.cos(2 * np.pi * geometry.cycles_per_px(sf) * u + phase)
-    return np.clip(0.5 + 0.5 * c * env * carrier, 0.0, 1.0)
+    return gabor_stack(geometry, x, y, ori, sf, size, phase, c)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "prepare_image",
     "prepare_images",
     "render_gabor",
+    "gabor_stack",
     "parse_pair",
 ]
 
@@ -201,10 +202,27 @@ def render_gabor(
     >>> g.shape, round(float(g[29:31, 47:49].mean()), 2) > 0.5
     ((60, 96), True)
     """
+    one = [np.reshape(np.asarray(v, dtype=np.float64), (1, 1, 1)) for v in (
+        x_deg, y_deg, orientation_deg, sf_cpd, size_deg, phase, contrast)]
+    return gabor_stack(geometry, *one)[0]
+
+
+def gabor_stack(geometry: ScreenGeometry, x_deg, y_deg, orientation_deg, sf_cpd, size_deg,
+                phase, contrast) -> np.ndarray:
+    """Gabor patches for parameter arrays that broadcast to ``(n, 1, 1)``: ``n x rows x cols``.
+
+    The one formula behind :func:`render_gabor` and :func:`meireport.gabor.render_gabors`.
+
+    Examples
+    --------
+    >>> p = [np.reshape(v, (-1, 1, 1)) for v in ([0.0, 10.0], 0.0, 0.0, 0.08, 20.0, 0.0, 0.8)]
+    >>> gabor_stack(ScreenGeometry(), *p).shape
+    (2, 60, 96)
+    """
     rows, cols = geometry.shape
     cx, cy = geometry.deg_to_px(x_deg, y_deg)
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
-    dx, dy = xx - cx, cy - yy  # dy positive up
+    dx, dy = xx[None] - cx, cy - yy[None]  # dy positive up
     theta = np.deg2rad(orientation_deg)
     u = dx * np.cos(theta) + dy * np.sin(theta)
     sigma_px = size_deg / 6.0 / geometry.deg_per_px
