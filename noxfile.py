@@ -1,4 +1,7 @@
-"""Sessions: tests (the README's test command), lint. `nox -s tests` installs everything itself."""
+"""Sessions: tests (the README's test command), lint, wheel (the installed package end to end).
+
+`nox -s tests` installs everything itself.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,24 @@ CONSTRAINTS = ("-c", "constraints.txt")  # torch==2.13.0: the CPU wheel on this 
 def tests(session: nox.Session) -> None:
     """Install the package with test extras (torch pinned) and run pytest."""
     session.install(*CONSTRAINTS, "-e", ".[test]")
-    args = session.posargs or ["-m", "not allen"]
+    # `allen` tests need AllenSDK's env (`nox -s allen`); `wheel` tests have `nox -s wheel`
+    args = session.posargs or ["-m", "not allen and not wheel"]
     session.run("pytest", *args, env={"MPLBACKEND": "Agg"})
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """Build the wheel, install it (no -e) into a fresh venv, run the tiny report outside the repo.
+
+    Only pytest is installed here (the test builds its own venv), so the file runs with
+    --noconftest; tests/test_wheel.py uses nothing but the standard library and pytest. A passing
+    run removes its temporary folder (the venv is large); a failing one keeps it, with the logs.
+    """
+    session.install(*CONSTRAINTS, "pytest>=7.4")
+    session.run(
+        "pytest", "-m", "wheel", "--noconftest", "-s", "-o", "tmp_path_retention_policy=failed",
+        "tests/test_wheel.py", *session.posargs,
+    )
 
 
 @nox.session

@@ -3,13 +3,13 @@
 ``bench/bench_train.py`` and ``bench/bench_mei.py`` belong to the issues that build those stages;
 this module only calls them (or the library they time), each in a child process:
 
-- training, with ``meireport.train``'s public API on the default session (118 images x 50
+- training, with ``meireport.models``'s public API on the default session (118 images x 50
   repeats): one neuron's CNN and LN fit and the population CNN of all VISam units (default
   configs), i.e. the models issue's figures; ``--full-models`` runs ``bench_train.py timing``
   as it is instead (4 CNN + 4 LN fits, population, throughput: over 10 minutes on this machine).
 - MEI, with ``bench_mei.py``'s loader and models (``load``, ``tuned``, ``TrueNeuron``, the
   CNN-sized ``CNNStandIn``, ``UnitModel``) and ``meireport.mei.generate_mei`` /
-  ``meireport.gabor.gabor_search``: one MEI of 1000 steps on a true neuron; on the CNN stand-in
+  ``meireport.mei.gabor.gabor_search``: one MEI of 1000 steps on a true neuron; on the CNN stand-in
   short runs (cost is linear in steps) extrapolated to 1000 steps, one start and the default
   starts; the in-silico Gabor search on each (the CNN's on the quick grid, scaled by Gabors
   evaluated); a cProfile of a short CNN MEI.
@@ -33,7 +33,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from bench import bench_mei as m
-from meireport.stages import search_config
+from meireport.report.stages import search_config
 
 def timed(fn):
     t = time.perf_counter()
@@ -86,7 +86,7 @@ import json, sys, time
 import torch
 from meireport.select import oracle_correlation
 from meireport.sources import open_session, simulate_session
-from meireport.train import TrainConfig, fit_model, load_responses
+from meireport.models import TrainConfig, fit_model, load_responses
 
 sim = simulate_session({cache!r}, seed=0)  # the default session: 118 images x 50 repeats
 with open_session(sim.cache_dir) as s:
@@ -220,7 +220,7 @@ def _train_timing_cli(res: Results, sec: dict, src: str, timeout: float) -> bool
 
 
 def _train_public_api(res: Results, sec: dict, timeout: float, epochs: int | None) -> None:
-    """One neuron's CNN and LN fit and the population model, with ``meireport.train``'s API.
+    """One neuron's CNN and LN fit and the population model, with ``meireport.models``'s API.
 
     The single-neuron fits run to convergence (early stopping), as the report's; ``epochs``
     caps the population fit (None: to convergence too), compared per neuron and epoch.

@@ -36,27 +36,30 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from meireport.compare import (  # noqa: E402
-    best_gabor_true_resp,
-    best_image_true_resp,
-    equalize,
-    footing,
-    mei_rf_corr,
-    mei_true_resp,
-    stimulus_mask,
-    true_response,
-)
 from meireport.extract import gabor_responses, image_means, spike_counts  # noqa: E402
-from meireport.gabor import gabor_search, session_gabor  # noqa: E402
 from meireport.mei import (  # noqa: E402
     LinearModel,
     MEIConfig,
     TrueNeuron,
     UnitModel,
+    best_gabor_true_resp,
+    best_image_true_resp,
     ensemble_meis,
+    equalize,
+    footing,
+    gabor_search,
     generate_mei,
+    mei_rf_corr,
+    mei_true_resp,
+    phase_modulation,
+    session_gabor,
+    stimulus_mask,
+    true_response,
 )
 from meireport.sources import open_session, simulate_session  # noqa: E402
+from meireport.trust import TrustThresholds, mei_agreement  # noqa: E402
+
+MIN_AGREEMENT = TrustThresholds().min_mei_agreement
 
 OUT = ROOT / "runs" / "bench_mei"
 
@@ -197,7 +200,7 @@ def part_inception(sess: dict, steps: int, n_search: int, max_units: int | None)
             ),
             "reliability": res.reliability,
             "phase_reliability": res.phase_reliability,
-            "status": res.status,
+            "f1_f0": phase_modulation(TrueNeuron(truth, u), res.mei, mean, c_star),
             "mei_seconds": res.seconds,
         }
         if u in searched:
@@ -260,7 +263,6 @@ def part_ridge(sess: dict, steps: int, n_units: int, n_members: int) -> pd.DataF
                 ),
                 "mei_rf_corr": mei_rf_corr(truth, u, res.mei),
                 "member_agreement": res.reliability,
-                "status": res.status,
             }
         )
     return pd.DataFrame(rows)
@@ -290,10 +292,15 @@ def summarise(inc: pd.DataFrame, ridge: pd.DataFrame) -> dict:
         )
         out["n_searched"] = int(len(s))
     out["median_session_gabor_error_deg"] = float(inc.session_gabor_error_deg.median())
-    out["status_counts"] = {str(k): int(v) for k, v in inc.status.value_counts().items()}
+    agree = [mei_agreement({"mei_reliability": r.reliability, "mei_f1_f0": r.f1_f0,
+                            "mei_phase_reliability": r.phase_reliability})
+             for r in inc.itertuples()]
+    out["frac_mei_starts_agree"] = float(np.mean(np.asarray(agree) >= MIN_AGREEMENT))
     if len(ridge):
         out["ridge_median_mei_rf_corr_simple"] = float(ridge.mei_rf_corr.median())
-        out["ridge_frac_flagged_unreliable"] = float((ridge.status != "reliable").mean())
+        # ridge members are linear (simple-like): their agreement is the pixel one
+        low = ridge.member_agreement < MIN_AGREEMENT
+        out["ridge_frac_flagged_unreliable"] = float(low.mean())
         out["ridge_median_member_agreement"] = float(ridge.member_agreement.median())
     return out
 

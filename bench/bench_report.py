@@ -23,12 +23,12 @@ from bench.notebooks import by_stage, run_breakdown, time_empty
 
 SECTION = "report"
 SECTION_PM = "papermill"
-CLI = "import sys; from meireport.cli import main; sys.exit(main())"
+CLI = "import sys; from meireport.report.cli import main; sys.exit(main())"
 
 
 def source_hash() -> str:
     """The package-source hash the run cache keys on (recomputed, not the cached value)."""
-    from meireport.run import package_hash
+    from meireport.report.run import package_hash
 
     return package_hash.__wrapped__()
 

@@ -1,9 +1,9 @@
-"""Benchmark of meireport.train (not a test): training time per neuron and throughput.
+"""Benchmark of meireport.models (not a test): training time per neuron and throughput.
 
     python bench/bench_train.py timing  [--threads 2]   # s per neuron, images/s (target <= 60 s)
 
 The data-efficiency options are compared by the report itself (the data-limit chapter,
-:mod:`meireport.limits`), against the simulator's truth.
+:mod:`meireport.report.limits`), against the simulator's truth.
 
 Sessions are simulated into ``--cache`` (reused when they exist). Results go to
 ``--out/train_<mode>.csv`` (one row per unit and condition) and ``train_<mode>.md`` (summary).
@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from meireport.models import CNNConfig, CNNModel
+from meireport.models import CNNConfig, CNNModel, fit_model, load_responses
 from meireport.sources import open_session, simulate_session
-from meireport.train import fit_model, load_responses
 
 CROP = (32, 32)
 LN_CROP = (24, 24)
@@ -44,8 +43,7 @@ def _session(cache: Path, rich: bool):
 def _prepare(sim, gabor_phases: int = 8):
     """Responses (with gabors), ground truth, oracle, mapped and true RF centres (pixels)."""
     from meireport.extract import gabor_responses
-    from meireport.rfmap import receptive_fields
-    from meireport.select import oracle_correlation
+    from meireport.select import oracle_correlation, receptive_fields
 
     with open_session(sim.cache_dir) as s:
         data = load_responses(s, area="VISam", gabors=True, gabor_phases=gabor_phases)

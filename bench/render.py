@@ -288,7 +288,7 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
                   + (f"capped at {tr['max_epochs']} epochs (compared per neuron and epoch)"
                      if tr.get("max_epochs") else "too"))
         out += ["## Training, MEI and Gabor search", "",
-                f"Training with `meireport.train`'s public API on the default session (118 "
+                f"Training with `meireport.models`'s public API on the default session (118 "
                 f"images x 50 repeats, default model and training config), {capped}. MEI and "
                 "the in-silico Gabor search with `bench/bench_mei.py`'s models (a true "
                 "simulated neuron, and a CNN-sized stand-in whose cost is a trained model's); "

@@ -1,4 +1,4 @@
-"""Child process of the scaling benchmark: one ``meireport.run.run`` call, timed from inside.
+"""Child process of the scaling benchmark: one ``meireport.report.run.run`` call, timed from inside.
 
 Run as ``python bench/scaling_child.py PARAMS RUN_DIR WORKERS SCHEDULER NEURONS`` where
 SCHEDULER is ``local`` or ``dask`` (a loopback ``LocalCluster`` of WORKERS single-thread worker
@@ -13,7 +13,7 @@ import time
 
 def main(params: str, run_dir: str, workers: int, scheduler: str, neurons: str) -> dict:
     """Run once; return wall times and every task's result."""
-    import meireport.run as mr
+    import meireport.report.run as mr
 
     if neurons == "session":
         mr.plan_neuron_tasks = lambda *a, **k: []

@@ -211,7 +211,7 @@ def gabor_stack(geometry: ScreenGeometry, x_deg, y_deg, orientation_deg, sf_cpd,
                 phase, contrast) -> np.ndarray:
     """Gabor patches for parameter arrays that broadcast to ``(n, 1, 1)``: ``n x rows x cols``.
 
-    The one formula behind :func:`render_gabor` and :func:`meireport.gabor.render_gabors`.
+    The one formula behind :func:`render_gabor` and :func:`meireport.mei.gabor.render_gabors`.
 
     Examples
     --------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meireport import book
+from meireport.report import book
 
 PAGE = """# Performance
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meireport.cli import main
+from meireport.report.cli import main
 
 
 def test_simulate_then_extract(tmp_path, capsys):

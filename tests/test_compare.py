@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meireport.compare import (
+from meireport.errors import MeireportError
+from meireport.mei import (
     angular_power,
     apply_mask,
     circular_mask,
@@ -25,7 +26,6 @@ from meireport.compare import (
     symmetry_index,
     symmetry_indices,
 )
-from meireport.errors import MeireportError
 from meireport.stimuli import ScreenGeometry, render_gabor
 
 GEOM = ScreenGeometry()

@@ -9,18 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-from meireport.compare import energy_centre, equalize
 from meireport.errors import MeireportError
-from meireport.gabor import (
+from meireport.mei import (
     PARAMS,
+    EnergyModel,
     GaborSearchConfig,
-    _canonical,
+    LinearModel,
+    energy_centre,
+    equalize,
     gabor_conditions,
     gabor_search,
     render_gabors,
     session_gabor,
 )
-from meireport.mei import EnergyModel, LinearModel
+from meireport.mei.gabor import _canonical
 from meireport.stimuli import ScreenGeometry, render_gabor
 
 GEOM = ScreenGeometry()

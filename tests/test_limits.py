@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meireport import limits
 from meireport.errors import MeireportError
-from meireport.limits import OPTION_VARIANTS, LimitsConfig, session_limits
-from meireport.params import parse_params
-from meireport.train import bootstrap_corr_ci, new_images, pearson
+from meireport.models import bootstrap_corr_ci, new_images, pearson
+from meireport.report import limits
+from meireport.report.limits import OPTION_VARIANTS, LimitsConfig, session_limits
+from meireport.report.params import parse_params
 
 TINY = parse_params({"source": {"kind": "simulated"},
                      "model": {"core_channels": 4, "core_layers": 2, "first_kernel": 9},

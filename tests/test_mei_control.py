@@ -4,7 +4,7 @@ A data-rich simulated session (1000 images x 8 repeats, 3 simple + 3 complex + 1
 the `rich` session of tests/test_train.py) is fitted with one CNN per tuned unit on a 24 px
 crop around the unit's true RF centre (mapping the centre is rfmap's job, tested elsewhere).
 Each unit's MEI is synthesised on that model, and compared with the true neuron exactly as
-:func:`meireport.stages.mei_stage` does it: the training images set the footing
+:func:`meireport.report.stages.mei_stage` does it: the training images set the footing
 ``(mean, c*)``, MEI and natural images are shown to the true neuron at that footing.
 
 Per-neuron crop CNNs rather than one full-field population CNN (shared core): measured on this
@@ -23,17 +23,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meireport.compare import (
+from meireport.mei import (
+    MEIConfig,
+    UnitModel,
     best_gabor_true_resp,
     best_image_true_resp,
     equalize,
     footing,
+    generate_mei,
     mei_rf_corr,
     mei_true_resp,
+    predict,
 )
-from meireport.mei import MEIConfig, UnitModel, generate_mei, predict
-from meireport.models import CNNConfig, CoreConfig
-from meireport.train import TrainConfig, fit_model, load_responses
+from meireport.models import CNNConfig, CoreConfig, TrainConfig, fit_model, load_responses
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -59,7 +61,7 @@ def _one_thread(one_torch_thread):
 def control(rich_control_session):
     """Fit, synthesise and compare every tuned unit; one row per unit."""
     from meireport.extract import gabor_responses
-    from meireport.gabor import session_gabor
+    from meireport.mei import session_gabor
     from meireport.sources import open_session, true_rate
 
     sim = rich_control_session

@@ -12,11 +12,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from meireport.book import build_book
 from meireport.errors import MeireportError
-from meireport.params import load_params, parse_params
-from meireport.run import available_stages, run
-from meireport.summary import SIMULATED_COLUMNS, SUMMARY_COLUMNS
+from meireport.report.book import build_book
+from meireport.report.params import load_params, parse_params
+from meireport.report.run import available_stages, run
+from meireport.report.summary import SIMULATED_COLUMNS, SUMMARY_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "params" / "tiny.yaml"
@@ -224,7 +224,7 @@ def test_site_in_headless_chromium(tiny_run, tmp_path):
 
 
 def test_crop_falls_back_to_the_full_field_without_a_mapped_rf(tiny_run, tmp_path):
-    from meireport import stages
+    from meireport.report import stages
 
     out, _, _ = tiny_run
     sdir = _session_dir(out)

@@ -1,11 +1,11 @@
-"""Science tests of meireport.rfmap on synthetic gabor sessions with planted receptive fields."""
+"""Science tests of meireport.select.rfmap on synthetic gabor sessions with planted RFs."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from meireport.errors import MeireportError
-from meireport.rfmap import RFMaps, receptive_fields, rf_centres, rf_maps, rf_pvalues
+from meireport.select import RFMaps, receptive_fields, rf_centres, rf_maps, rf_pvalues
 
 GRID = np.arange(-40.0, 41.0, 10.0)
 
@@ -182,7 +182,7 @@ def test_bad_parameters_are_named(session):
 
 
 def test_rf_figure_has_one_labelled_panel_per_unit(session):
-    from meireport.plots import plot_rf_maps
+    from meireport.plots.select import plot_rf_maps
 
     table, counts = session
     maps = rf_maps(table, counts)

@@ -419,7 +419,7 @@ def test_unit_metrics_table_and_silent_unit_rejected():
 
 
 def test_selection_figures_draw_the_rule(table):
-    from meireport.plots import plot_oracle_distribution, plot_selection
+    from meireport.plots.select import plot_oracle_distribution, plot_selection
 
     out = select_units(table)
     ax = plot_selection(out).axes[0]
@@ -433,7 +433,7 @@ def test_selection_figures_draw_the_rule(table):
 
 
 def test_raster_and_heatmap_follow_the_order():
-    from meireport.plots import plot_correlation_heatmap, plot_raster
+    from meireport.plots.select import plot_correlation_heatmap, plot_raster
 
     binned, _ = sequence_activity(n_units=12, n_bins=400)
     with warnings.catch_warnings():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from meireport.extract import extract_to_dir
-from meireport.select import SelectionRule, select_to_dir, select_units
+from meireport.report.stages import extract_stage, select_stage
+from meireport.select import SelectionRule, select_units
 from meireport.sources import load_ground_truth, open_session
 
 
@@ -14,8 +14,8 @@ from meireport.sources import load_ground_truth, open_session
 def selection(default_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("sel")
     with open_session(default_session.cache_dir) as s:
-        extract_to_dir(s, out, area=None)
-    sel = select_to_dir(out, {"oracle_quantile": 0.6, "variance_quantile": 0.5, "seed": 0})
+        extract_stage(s, out, area=None)
+    sel = select_stage(out, {"oracle_quantile": 0.6, "variance_quantile": 0.5, "seed": 0})
     return sel, load_ground_truth(default_session.truth_path)
 
 

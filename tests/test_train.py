@@ -16,8 +16,11 @@ import pytest
 import torch
 
 from meireport.errors import MeireportError
-from meireport.models import CNNConfig, CoreConfig, Ensemble, LNConfig
-from meireport.train import (
+from meireport.models import (
+    CNNConfig,
+    CoreConfig,
+    Ensemble,
+    LNConfig,
     ResponseData,
     TrainConfig,
     bootstrap_corr_ci,
@@ -420,13 +423,13 @@ def test_truncated_or_foreign_checkpoint_gives_one_clear_error(trained_cnn, tmp_
 # figures
 # --------------------------------------------------------------------------------------------
 def test_model_figures(trained_cnn, default):
-    from meireport.plots_models import (
+    from meireport.plots.models import (
         plot_learning_curves,
         plot_ln_filter,
         plot_predicted_vs_observed,
         plot_readout_position,
     )
-    from meireport.rfmap import rf_maps
+    from meireport.select import rf_maps
 
     fig = plot_learning_curves(trained_cnn.history)
     assert all("(" in ax.get_xlabel() and "(" in ax.get_ylabel() for ax in fig.axes)

@@ -12,12 +12,13 @@ import pytest
 
 from meireport.artifacts import load_json, save_csv, save_json
 from meireport.errors import MeireportError
-from meireport.params import TrustParams, parse_params
-from meireport.plots_summary import style_summary, trust_panel
-from meireport.select import SelectionRule, oracle_correlation, select_units
-from meireport.stages import trust_stage
-from meireport.summary import SUMMARY_COLUMNS, sort_by_trust, summary_table, trust_sentence
-from meireport.trust import Trust, TrustThresholds, _weighted_oracle, assess, selection_stability
+from meireport.plots.summary import style_summary, trust_panel
+from meireport.report.params import TrustParams, parse_params
+from meireport.report.stages import trust_stage
+from meireport.report.summary import SUMMARY_COLUMNS, sort_by_trust, summary_table, trust_sentence
+from meireport.select import SelectionRule, oracle_correlation, select_units, selection_stability
+from meireport.select.stability import _weighted_oracle
+from meireport.trust import Trust, TrustThresholds, assess
 
 GOOD = {"test_corr_ci_low": 0.3, "test_corr_ci_high": 0.7, "frac_oracle": 0.8,
         "mei_reliability": 0.9, "selection_stability": 1.0, "rf_p_value": 0.001}
@@ -237,13 +238,12 @@ def test_stability_is_fast_at_session_size():
 
 
 def test_select_to_dir_writes_selection_stability(small_session, tmp_path):
-    from meireport.extract import extract_to_dir
-    from meireport.select import select_to_dir
+    from meireport.report.stages import extract_stage, select_stage
     from meireport.sources import open_session
 
     with open_session(small_session.cache_dir) as s:
-        extract_to_dir(s, tmp_path, area=None)
-    sel = select_to_dir(tmp_path, {"oracle_quantile": 0.6, "variance_quantile": 0.5,
+        extract_stage(s, tmp_path, area=None)
+    sel = select_stage(tmp_path, {"oracle_quantile": 0.6, "variance_quantile": 0.5,
                                    "stability_resamples": 4, "seed": 0})
     on_disk = pd.read_csv(tmp_path / "selection.csv")
     st = on_disk["selection_stability"]

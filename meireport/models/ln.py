@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meireport.errors import MeireportError
+from meireport.models._checks import pair
 from meireport.models.core import laplace_l2
 from meireport.models.crop import InputCrop
 from meireport.stimuli import MODEL_SHAPE
@@ -61,9 +62,9 @@ class LNConfig:
         for name in ("gamma_laplace", "gamma_l2"):
             if not float(getattr(self, name)) >= 0:
                 raise MeireportError(f"{name}: expected a number >= 0, got {getattr(self, name)}")
-        object.__setattr__(self, "input_shape", _pair("input_shape", self.input_shape))
+        object.__setattr__(self, "input_shape", pair("input_shape", self.input_shape))
         if self.crop_size is not None:
-            crop = _pair("crop_size", self.crop_size)
+            crop = pair("crop_size", self.crop_size)
             if min(crop) < 3:
                 raise MeireportError(f"crop_size: expected (rows, cols) >= 3, got {crop}")
             object.__setattr__(self, "crop_size", crop)
@@ -74,16 +75,6 @@ class LNConfig:
         d["input_shape"] = list(self.input_shape)
         d["crop_size"] = None if self.crop_size is None else list(self.crop_size)
         return d
-
-
-def _pair(name: str, value) -> tuple[int, int]:
-    try:
-        a, b = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise MeireportError(f"{name}: expected (rows, cols), got {value!r}") from None
-    if a < 1 or b < 1:
-        raise MeireportError(f"{name}: expected (rows, cols) >= 1, got {value!r}")
-    return a, b
 
 
 class LNModel(nn.Module):

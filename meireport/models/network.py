@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from meireport.errors import MeireportError
+from meireport.models._checks import pair
 from meireport.models.core import CoreConfig, Stacked2dCore
 from meireport.models.crop import InputCrop
-from meireport.models.ln import LNConfig, LNModel, _pair
+from meireport.models.ln import LNConfig, LNModel
 from meireport.models.readout import ReadoutConfig, make_readout
 from meireport.stimuli import MODEL_SHAPE
 
@@ -46,9 +47,9 @@ class CNNConfig:
             raise MeireportError(
                 f"readout: expected a ReadoutConfig, got {type(self.readout).__name__}"
             )
-        object.__setattr__(self, "input_shape", _pair("input_shape", self.input_shape))
+        object.__setattr__(self, "input_shape", pair("input_shape", self.input_shape))
         if self.crop_size is not None:
-            crop = _pair("crop_size", self.crop_size)
+            crop = pair("crop_size", self.crop_size)
             if min(crop) < 2 * self.core.pooling:
                 raise MeireportError(f"crop_size: expected (rows, cols) >= 2 * pooling, got {crop}")
             object.__setattr__(self, "crop_size", crop)

@@ -1,0 +1,667 @@
+"""Best Gabors: from the session's gabor presentations, and by an in-silico search on a model.
+
+*Session Gabor* (the seed's method, its flaw fixed): the ``k`` gabor conditions with the highest
+trial-averaged spike count for the unit are rendered from *all* their recorded parameters --
+orientation, position (mapped to model pixels by :class:`~meireport.stimuli.ScreenGeometry`),
+size, spatial frequency and contrast -- and averaged. The seed rendered orientation only, always
+at the image centre.
+
+*In-silico search*: the model's response to Gabor patches over orientation, spatial frequency,
+phase, size and position -- a coarse position grid, then a feature grid at the best positions,
+then a local pattern search -- each candidate put at equal footing (same mean and std as every
+other compared stimulus, :func:`meireport.mei.compare.equalize`) before the model sees it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from meireport.errors import MeireportError
+from meireport.mei.compare import equalize
+from meireport.stimuli import ScreenGeometry, gabor_stack, parse_pair
+
+__all__ = [
+    "PARAMS",
+    "gabor_conditions",
+    "SessionGabor",
+    "session_gabor",
+    "best_phase_image",
+    "render_gabors",
+    "GaborSearchConfig",
+    "GaborSearchResult",
+    "gabor_search",
+]
+
+PARAMS = ("x_deg", "y_deg", "orientation_deg", "sf_cpd", "size_deg", "phase")
+_CONDITION = {
+    "orientation": "orientation_deg",
+    "x_position": "x_deg",
+    "y_position": "y_deg",
+    "size": "size_deg",
+    "spatial_frequency": "sf_cpd",
+    "contrast": "contrast",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------------
+def render_gabors(geometry: ScreenGeometry, contrast: float = 1.0, **params) -> np.ndarray:
+    """Render many Gabor patches at once (same formula as :func:`~meireport.stimuli.render_gabor`).
+
+    Parameters
+    ----------
+    geometry : ScreenGeometry
+        Degree -> pixel mapping.
+    contrast : float
+        Michelson contrast (scalar or one per patch).
+    **params : array_like
+        ``x_deg, y_deg, orientation_deg, sf_cpd, size_deg, phase`` (each broadcast to ``n``).
+
+    Returns
+    -------
+    ndarray
+        ``n x rows x cols`` in [0, 1], on mean grey (0.5).
+
+    Examples
+    --------
+    >>> from meireport.stimuli import render_gabor
+    >>> g = ScreenGeometry()
+    >>> many = render_gabors(g, 0.8, x_deg=[0, 10], y_deg=5, orientation_deg=30, sf_cpd=0.08,
+    ...                      size_deg=20, phase=0.0)
+    >>> bool(np.allclose(many[1], render_gabor(g, 10, 5, 30, 0.08, 20, 0.0, 0.8)))
+    True
+    """
+    missing = [p for p in PARAMS if p not in params]
+    if missing:
+        raise MeireportError(f"params: expected {', '.join(PARAMS)}; missing {missing}")
+    arrs = np.broadcast_arrays(*[np.atleast_1d(np.asarray(params[p], float)) for p in PARAMS])
+    x, y, ori, sf, size, phase = (a.reshape(-1, 1, 1) for a in arrs)
+    c = np.broadcast_to(np.asarray(contrast, float).reshape(-1, 1, 1), x.shape)
+    return gabor_stack(geometry, x, y, ori, sf, size, phase, c)
+
+
+# --------------------------------------------------------------------------------------------
+# the session's best gabor
+# --------------------------------------------------------------------------------------------
+def _conditions(table: pd.DataFrame) -> pd.DataFrame:
+    need = ("orientation", "x_position", "y_position")
+    missing = [c for c in need if c not in table]
+    if missing:
+        raise MeireportError(f"table: expected gabor columns {list(need)}; missing {missing}")
+    out = pd.DataFrame(index=table.index)
+    for col, name in _CONDITION.items():
+        if col in table:
+            values = table[col]
+            numeric = pd.api.types.is_numeric_dtype(values)
+            out[name] = values if numeric else [parse_pair(v) for v in values]
+    return out.astype(float)
+
+
+def gabor_conditions(responses, unit_id: int) -> pd.DataFrame:
+    """Trial-averaged count of one unit per gabor condition, best first.
+
+    Parameters
+    ----------
+    responses : GaborResponses
+        From :func:`meireport.extract.gabor_responses` (``.table`` and ``.counts`` aligned on
+        presentation id).
+    unit_id : int
+        A column of ``responses.counts``.
+
+    Returns
+    -------
+    DataFrame
+        One row per condition: its parameters (``orientation_deg``, ``x_deg``, ``y_deg``, and
+        ``size_deg``, ``sf_cpd``, ``contrast`` where recorded), ``mean_count``, ``sem`` and
+        ``n`` presentations, sorted by ``mean_count`` (ties keep the condition order).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> table = pd.DataFrame({"orientation": [0.0, 90.0, 0.0], "x_position": [0.0, 10.0, 0.0],
+    ...                       "y_position": [0.0, 0.0, 0.0], "size": ["[20.0, 20.0]"] * 3})
+    >>> counts = pd.DataFrame({7: [1, 5, 3]})
+    >>> c = gabor_conditions(SimpleNamespace(table=table, counts=counts), 7)
+    >>> c[["orientation_deg", "x_deg", "size_deg", "mean_count", "n"]].values.tolist()
+    [[90.0, 10.0, 20.0, 5.0, 1.0], [0.0, 0.0, 20.0, 2.0, 2.0]]
+    """
+    counts = responses.counts
+    if unit_id not in counts.columns:
+        raise MeireportError(f"unit_id: {unit_id} is not a unit of these gabor responses")
+    if len(responses.table) != len(counts):
+        raise MeireportError(
+            f"responses: table ({len(responses.table)} rows) and counts ({len(counts)} rows) "
+            "must be aligned on presentation id"
+        )
+    cond = _conditions(responses.table.reset_index(drop=True))
+    cond["count"] = counts[unit_id].to_numpy(dtype=float)
+    keys = [c for c in cond.columns if c != "count"]
+    g = cond.groupby(keys, sort=True)["count"]
+    out = pd.DataFrame({"mean_count": g.mean(), "sem": g.sem(), "n": g.size().astype(float)})
+    out = out.reset_index().sort_values("mean_count", ascending=False, kind="stable")
+    return out.reset_index(drop=True)
+
+
+@dataclass
+class SessionGabor:
+    """The session's best Gabor for one unit.
+
+    Attributes
+    ----------
+    image : ndarray
+        Mean of the ``k`` rendered conditions (``rows x cols``, on grey 0.5, not rescaled).
+    conditions : DataFrame
+        The ``k`` best conditions (see :func:`gabor_conditions`).
+    x_deg, y_deg : float
+        Mean position of the ``k`` conditions: the session's estimate of the RF centre.
+    orientation_deg : float
+        Axial mean of their orientations (``[0, 180)``).
+    geometry : ScreenGeometry
+        The mapping it was rendered with.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> table = pd.DataFrame({"orientation": [0.0], "x_position": [0.0], "y_position": [0.0]})
+    >>> sg = session_gabor(SimpleNamespace(table=table, counts=pd.DataFrame({7: [2]})), 7)
+    >>> sg.render([0.0, np.pi]).shape
+    (2, 60, 96)
+    """
+
+    image: np.ndarray
+    conditions: pd.DataFrame
+    x_deg: float
+    y_deg: float
+    orientation_deg: float
+    geometry: ScreenGeometry
+
+    def render(self, phases) -> np.ndarray:
+        """The same average at other carrier phases (radians): ``n_phases x rows x cols``.
+
+        Allen's gabors drift through every phase, so the recorded counts do not say which
+        phase a simple cell prefers; pick it on a model if the comparison needs it.
+        """
+        best = self.conditions
+        get = {"size_deg": 20.0, "sf_cpd": 0.08, "contrast": 0.8}
+        cols = {
+            c: best[c].to_numpy() if c in best else np.full(len(best), v) for c, v in get.items()
+        }
+        out = []
+        for phase in np.atleast_1d(np.asarray(phases, dtype=float)):
+            imgs = render_gabors(
+                self.geometry,
+                cols["contrast"],
+                x_deg=best["x_deg"].to_numpy(),
+                y_deg=best["y_deg"].to_numpy(),
+                orientation_deg=best["orientation_deg"].to_numpy(),
+                sf_cpd=cols["sf_cpd"],
+                size_deg=cols["size_deg"],
+                phase=float(phase),
+            )
+            out.append(imgs.mean(axis=0))
+        return np.stack(out)
+
+
+def session_gabor(
+    responses,
+    unit_id: int,
+    geometry: ScreenGeometry | None = None,
+    k: int = 3,
+    phase: float = 0.0,
+) -> SessionGabor:
+    """Average of the ``k`` gabor conditions with the highest trial-averaged count.
+
+    Each condition is rendered with its recorded orientation, position, size, spatial
+    frequency and contrast (defaults 20 deg, 0.08 cpd and 0.8, the Allen stimulus, where a
+    column is missing). Allen's gabors drift, so no phase was recorded: ``phase`` is used
+    (:meth:`SessionGabor.render` gives other phases).
+
+    Parameters
+    ----------
+    responses : GaborResponses
+        From :func:`meireport.extract.gabor_responses`.
+    unit_id : int
+        The unit.
+    geometry : ScreenGeometry, optional
+        Degree -> pixel mapping (default ``ScreenGeometry()``).
+    k : int
+        Conditions averaged (the seed's 3).
+    phase : float
+        Carrier phase (radians) of the rendering.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> table = pd.DataFrame({"orientation": [0.0, 90.0, 45.0], "x_position": [-20.0, 20.0, 0.0],
+    ...                       "y_position": [0.0, 10.0, 0.0]})
+    >>> counts = pd.DataFrame({7: [1, 5, 3]})
+    >>> sg = session_gabor(SimpleNamespace(table=table, counts=counts), 7, k=2)
+    >>> sg.x_deg, sg.y_deg, sg.image.shape
+    (10.0, 5.0, (60, 96))
+    """
+    if int(k) != k or k < 1:
+        raise MeireportError(f"k: expected an integer >= 1, got {k}")
+    geometry = ScreenGeometry() if geometry is None else geometry
+    best = gabor_conditions(responses, unit_id).head(int(k))
+    axial = np.angle(np.exp(2j * np.deg2rad(best["orientation_deg"].to_numpy())).mean())
+    sg = SessionGabor(
+        image=np.empty(0),
+        conditions=best,
+        x_deg=float(best["x_deg"].mean()),
+        y_deg=float(best["y_deg"].mean()),
+        orientation_deg=float(np.mod(np.rad2deg(axial) / 2.0, 180.0)),
+        geometry=geometry,
+    )
+    sg.image = sg.render([phase])[0]
+    return sg
+
+
+def best_phase_image(sg: SessionGabor, model, mean: float, std: float,
+                     n_phases: int = 8) -> tuple[np.ndarray, float]:
+    """The session Gabor at the carrier phase the model prefers, at equal footing.
+
+    Allen's gabors drift, so the recording does not say which phase a simple cell prefers; a
+    Gabor rendered at an arbitrary phase can miss a simple cell's receptive field entirely (at
+    phase 0 a simulated simple cell fired 1-5 spikes/s for it against 220-280 at its best
+    phase). The comparison with the MEI is only fair at the model's best phase.
+
+    Parameters
+    ----------
+    sg : SessionGabor
+        From :func:`session_gabor`.
+    model : callable
+        Unit model (see :func:`meireport.mei.predict`).
+    mean, std : float
+        Footing (:func:`meireport.mei.compare.footing`) every stimulus is rescaled to.
+    n_phases : int
+        Phases tried, evenly spaced over ``[0, 2 pi)``.
+
+    Returns
+    -------
+    image : ndarray
+        The rescaled Gabor at the best phase.
+    phase : float
+        That phase (radians).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from meireport.mei.targets import LinearModel
+    >>> table = pd.DataFrame({"orientation": [0.0], "x_position": [0.0], "y_position": [0.0]})
+    >>> sg = session_gabor(SimpleNamespace(table=table, counts=pd.DataFrame({7: [2]})), 7)
+    >>> w = sg.render([np.pi / 2])[0] - 0.5  # a filter that prefers phase pi/2
+    >>> img, phase = best_phase_image(sg, LinearModel(w), 0.5, 0.1, n_phases=4)
+    >>> round(phase, 3)
+    1.571
+    """
+    from meireport.mei.compare import equalize
+    from meireport.mei.targets import predict
+
+    phases = np.arange(int(n_phases)) * 2 * np.pi / int(n_phases)
+    imgs = equalize(sg.render(phases), mean, std)
+    best = int(np.argmax(predict(model, imgs)))
+    return imgs[best], float(phases[best])
+
+
+# --------------------------------------------------------------------------------------------
+# in-silico search
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GaborSearchConfig:
+    """Grids and refinement of :func:`gabor_search`.
+
+    Parameters
+    ----------
+    n_orientations : int
+        Orientations in ``[0, 180)`` of the feature grid (12 -> every 15 deg).
+    sfs_cpd : tuple of float
+        Spatial frequencies (cycles/deg) of the feature grid.
+    n_phases : int
+        Carrier phases in ``[0, 2 pi)``.
+    sizes_deg : tuple of float
+        Patch diameters (deg) of the feature grid.
+    position_step_deg : float
+        Spacing of the position grid over the image (deg).
+    probe_sfs_cpd, probe_size_deg, n_probe_orientations, n_probe_phases :
+        The patches tried at every grid position (stage 1).
+    n_positions : int
+        Best positions carried to the feature grid (stage 2).
+    n_refine : int
+        Best candidates refined by the local pattern search (stage 3).
+    refine_iters : int
+        Pattern-search iterations per refined candidate (each tries +-step on every parameter;
+        the steps halve when nothing improves).
+    contrast : float
+        Michelson contrast of the rendered patches (before equal footing, if any).
+    batch_size : int
+        Images per model call.
+
+    Examples
+    --------
+    >>> GaborSearchConfig().n_orientations
+    12
+    """
+
+    n_orientations: int = 12
+    sfs_cpd: tuple[float, ...] = (0.02, 0.03, 0.045, 0.065, 0.09, 0.13, 0.19)
+    n_phases: int = 4
+    sizes_deg: tuple[float, ...] = (10.0, 20.0, 35.0, 60.0)
+    position_step_deg: float = 15.0
+    probe_sfs_cpd: tuple[float, ...] = (0.04, 0.1)
+    probe_size_deg: float = 30.0
+    n_probe_orientations: int = 4
+    n_probe_phases: int = 4
+    n_positions: int = 3
+    n_refine: int = 3
+    refine_iters: int = 30
+    contrast: float = 1.0
+    batch_size: int = 512
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable copy (for the report)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def __post_init__(self) -> None:
+        ints = (
+            "n_orientations",
+            "n_phases",
+            "n_probe_orientations",
+            "n_probe_phases",
+            "n_positions",
+            "n_refine",
+            "batch_size",
+        )
+        for name in ints:
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise MeireportError(f"{name}: expected an integer >= 1, got {v}")
+        if int(self.refine_iters) != self.refine_iters or self.refine_iters < 0:
+            raise MeireportError(f"refine_iters: expected an integer >= 0, got {self.refine_iters}")
+        for name in ("sfs_cpd", "sizes_deg", "probe_sfs_cpd"):
+            v = getattr(self, name)
+            if len(v) == 0 or min(v) <= 0:
+                raise MeireportError(f"{name}: expected positive values, got {v}")
+        for name in ("position_step_deg", "probe_size_deg"):
+            if not getattr(self, name) > 0:
+                raise MeireportError(f"{name}: expected > 0, got {getattr(self, name)}")
+        if not 0 < self.contrast <= 1:
+            raise MeireportError(f"contrast: expected a value in (0, 1], got {self.contrast}")
+
+
+@dataclass
+class GaborSearchResult:
+    """The best Gabor found on a model.
+
+    Attributes
+    ----------
+    params : dict
+        ``x_deg, y_deg, orientation_deg`` (``[0, 180)``), ``sf_cpd, size_deg, phase``
+        (radians, ``[0, 2 pi)``).
+    image : ndarray
+        The Gabor as shown to the model (at equal footing when a mean and std were given).
+    response : float
+        The model's response to ``image``.
+    grid_response : float
+        Best response of the grids, before refinement.
+    n_evaluated : int
+        Images shown to the model.
+    seconds : float
+    """
+
+    params: dict
+    image: np.ndarray
+    response: float
+    grid_response: float
+    n_evaluated: int
+    seconds: float
+
+    def summary(self) -> dict:
+        """Flat, JSON-serialisable figures for the report."""
+        return {f"gabor_{k}": float(v) for k, v in self.params.items()} | {
+            "gabor_pred": float(self.response),
+            "gabor_search_seconds": float(self.seconds),
+        }
+
+
+class _Scorer:
+    """Render, put at equal footing and evaluate candidate parameter sets; count the images."""
+
+    def __init__(self, model, geometry, config, mean, std):
+        self.model, self.geometry, self.config = model, geometry, config
+        self.mean, self.std, self.n = mean, std, 0
+
+    def images(self, p: dict) -> np.ndarray:
+        imgs = render_gabors(self.geometry, self.config.contrast, **p)
+        if self.mean is not None:
+            imgs = equalize(imgs, self.mean, self.std)
+        return imgs
+
+    def __call__(self, p: dict) -> np.ndarray:
+        from meireport.mei.targets import predict
+
+        n = len(np.broadcast_arrays(*[np.atleast_1d(p[k]) for k in PARAMS])[0])
+        out = np.empty(n)
+        step = self.config.batch_size
+        for i in range(0, n, step):
+            part = {k: np.broadcast_to(np.atleast_1d(p[k]), (n,))[i : i + step] for k in PARAMS}
+            out[i : i + step] = predict(self.model, self.images(part), batch_size=step)
+        self.n += n
+        return out
+
+
+def _grid(**axes) -> dict:
+    mesh = np.meshgrid(*[np.asarray(v, float) for v in axes.values()], indexing="ij")
+    return {k: m.ravel() for k, m in zip(axes, mesh, strict=True)}
+
+
+def _positions(geometry: ScreenGeometry, step: float) -> tuple[np.ndarray, np.ndarray]:
+    half_w = (geometry.shape[1] - 1) / 2.0 * geometry.deg_per_px
+    half_h = (geometry.shape[0] - 1) / 2.0 * geometry.deg_per_px
+    xs = np.arange(-np.floor(half_w / step), np.floor(half_w / step) + 1) * step
+    ys = np.arange(-np.floor(half_h / step), np.floor(half_h / step) + 1) * step
+    return xs, ys
+
+
+def _take(p: dict, idx) -> dict:
+    return {k: np.atleast_1d(v)[idx] for k, v in p.items()}
+
+
+def _stage_positions(score: _Scorer, geometry, cfg) -> np.ndarray:
+    xs, ys = _positions(geometry, cfg.position_step_deg)
+    p = _grid(
+        x_deg=xs,
+        y_deg=ys,
+        orientation_deg=np.arange(cfg.n_probe_orientations) * 180.0 / cfg.n_probe_orientations,
+        sf_cpd=cfg.probe_sfs_cpd,
+        size_deg=[cfg.probe_size_deg],
+        phase=np.arange(cfg.n_probe_phases) * 2 * np.pi / cfg.n_probe_phases,
+    )
+    r = score(p)
+    per_pos = pd.Series(r).groupby([p["x_deg"], p["y_deg"]]).max()
+    best = per_pos.sort_values(ascending=False, kind="stable").index[: cfg.n_positions]
+    return np.array(list(best), dtype=float).reshape(-1, 2)
+
+
+def _stage_features(score: _Scorer, positions: np.ndarray, cfg) -> tuple[dict, np.ndarray]:
+    feats = _grid(
+        orientation_deg=np.arange(cfg.n_orientations) * 180.0 / cfg.n_orientations,
+        sf_cpd=cfg.sfs_cpd,
+        size_deg=cfg.sizes_deg,
+        phase=np.arange(cfg.n_phases) * 2 * np.pi / cfg.n_phases,
+    )
+    n = len(feats["phase"])
+    p = {k: np.tile(v, len(positions)) for k, v in feats.items()}
+    p["x_deg"] = np.repeat(positions[:, 0], n)
+    p["y_deg"] = np.repeat(positions[:, 1], n)
+    return p, score(p)
+
+
+def _phase_at(p: dict, ref: tuple[float, float]) -> np.ndarray:
+    """Carrier phase referred to the point ``ref`` (deg) instead of the patch centre."""
+    t = np.deg2rad(p["orientation_deg"])
+    du = (p["x_deg"] - ref[0]) * np.cos(t) + (p["y_deg"] - ref[1]) * np.sin(t)
+    return p["phase"] - 2 * np.pi * p["sf_cpd"] * du
+
+
+def _from_search(v: np.ndarray, ref: tuple[float, float]) -> dict:
+    """Search coordinates (log sf, log size, carrier phase at ``ref``) -> render parameters."""
+    p = {k: v[:, i] for i, k in enumerate(PARAMS)}
+    p["sf_cpd"], p["size_deg"] = np.exp(p["sf_cpd"]), np.exp(p["size_deg"])
+    p["phase"] = p["phase"] - _phase_at(p | {"phase": 0.0}, ref)
+    return p
+
+
+def _bounds(geometry: ScreenGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Search-coordinate bounds of the refinement.
+
+    Centre on the image, 2 px <= size <= twice the image width, frequency between a quarter
+    cycle per image width and the pixel Nyquist limit.
+    """
+    width = geometry.shape[1] * geometry.deg_per_px
+    height = geometry.shape[0] * geometry.deg_per_px
+    lo = np.array(
+        [
+            -width / 2,
+            -height / 2,
+            -np.inf,
+            np.log(0.25 / width),
+            np.log(2 * geometry.deg_per_px),
+            -np.inf,
+        ]
+    )
+    hi = np.array(
+        [
+            width / 2,
+            height / 2,
+            np.inf,
+            np.log(0.5 / geometry.deg_per_px),
+            np.log(2 * width),
+            np.inf,
+        ]
+    )
+    return lo, hi
+
+
+def _refine(score: _Scorer, start: dict, r0: float, cfg) -> tuple[dict, float]:
+    """Pattern search: try +-step on each parameter; move to the best; halve steps when stuck.
+
+    Spatial frequency and size move on a log scale, and the phase is the carrier's phase at
+    the starting centre, so that moving the patch moves its envelope, not its carrier. The
+    parameters stay within :func:`_bounds` (without equal footing, a bigger patch always
+    carries more contrast energy).
+    """
+    ref = (float(start["x_deg"][0]), float(start["y_deg"][0]))
+    x = np.array([float(start[k][0]) for k in PARAMS])
+    x[3], x[4] = np.log(x[3]), np.log(x[4])
+    lo, hi = _bounds(score.geometry)
+    step = np.array(
+        [
+            cfg.position_step_deg / 2,
+            cfg.position_step_deg / 2,
+            90.0 / cfg.n_orientations,
+            np.log(1.5) / 2,
+            np.log(1.7) / 2,
+            np.pi / cfg.n_phases,
+        ]
+    )
+    best = r0
+    for _ in range(int(cfg.refine_iters)):
+        cand = np.clip(np.concatenate([x + np.diag(step), x - np.diag(step)]), lo, hi)
+        r = score(_from_search(cand, ref))
+        j = int(np.argmax(r))
+        if r[j] > best:
+            best, x = float(r[j]), cand[j]
+        else:
+            step = step / 2
+    out = {k: float(v[0]) for k, v in _from_search(x[None], ref).items()}
+    return out, best
+
+
+def _canonical(p: dict) -> dict:
+    """Orientation in [0, 180), phase in [0, 2 pi), describing the same image.
+
+    A half-turn of the orientation reverses ``u``, and ``cos(2 pi f (-u) + phase) =
+    cos(2 pi f u - phase)``: an odd number of half-turns negates the phase.
+    """
+    turns = int(np.floor(float(p["orientation_deg"]) / 180.0))
+    phase = -float(p["phase"]) if turns % 2 else float(p["phase"])
+    return {k: float(p[k]) for k in PARAMS} | {
+        "orientation_deg": float(p["orientation_deg"]) - 180.0 * turns,
+        "phase": float(np.mod(phase, 2 * np.pi)),
+    }
+
+
+def gabor_search(
+    model,
+    geometry: ScreenGeometry | None = None,
+    *,
+    mean: float | None = None,
+    std: float | None = None,
+    config: GaborSearchConfig | None = None,
+) -> GaborSearchResult:
+    """The Gabor patch a model responds to most: grids, then local refinement.
+
+    Stage 1 tries a few probe patches (orientations x phases x two frequencies, one size) at
+    every point of a position grid over the image; stage 2 runs the full orientation x
+    frequency x size x phase grid at the best ``n_positions`` positions; stage 3 refines the
+    best ``n_refine`` candidates with a pattern search over all six parameters.
+
+    Parameters
+    ----------
+    model : callable
+        ``B x 1 x H x W`` tensor -> ``B`` responses of one unit.
+    geometry : ScreenGeometry, optional
+        Degree -> pixel mapping (default ``ScreenGeometry()``); its shape is the image shape.
+    mean, std : float, optional
+        Equal footing: every candidate is put at this mean and std (clipped to [0, 1]) before
+        the model sees it -- use the values every compared stimulus gets. Without them the
+        patches are shown at ``config.contrast`` on grey 0.5.
+    config : GaborSearchConfig, optional
+        Grids and refinement (default :class:`GaborSearchConfig`).
+
+    Returns
+    -------
+    GaborSearchResult
+
+    Examples
+    --------
+    >>> from meireport.mei.targets import LinearModel
+    >>> from meireport.stimuli import render_gabor
+    >>> g = ScreenGeometry()
+    >>> w = render_gabor(g, 20, -10, 60, 0.08, 30, contrast=1.0) - 0.5
+    >>> cfg = GaborSearchConfig(n_orientations=6, sfs_cpd=(0.05, 0.08, 0.12), sizes_deg=(30.0,),
+    ...                         position_step_deg=20.0, probe_sfs_cpd=(0.08,), refine_iters=8)
+    >>> res = gabor_search(LinearModel(w), g, mean=0.5, std=0.1, config=cfg)
+    >>> round(res.params["orientation_deg"]), round(res.params["x_deg"]) // 5
+    (60, 4)
+    """
+    if not callable(model):
+        raise MeireportError(
+            f"model: expected a callable mapping B x 1 x H x W to B, got {type(model)}"
+        )
+    if (mean is None) != (std is None):
+        raise MeireportError("mean/std: expected both (equal footing) or neither")
+    geometry = ScreenGeometry() if geometry is None else geometry
+    cfg = GaborSearchConfig() if config is None else config
+    t0 = time.perf_counter()
+    score = _Scorer(model, geometry, cfg, mean, std)
+    positions = _stage_positions(score, geometry, cfg)
+    grid, r = _stage_features(score, positions, cfg)
+    order = np.argsort(-r, kind="stable")[: cfg.n_refine]
+    refined = [_refine(score, _take(grid, [i]), float(r[i]), cfg) for i in order]
+    params, best = max(refined, key=lambda pr: pr[1])
+    params = _canonical(params)
+    image = score.images({k: [v] for k, v in params.items()})[0]
+    return GaborSearchResult(
+        params=params,
+        image=image,
+        response=float(best),
+        grid_response=float(r[order[0]]),
+        n_evaluated=int(score.n),
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,432 @@
+"""Most Exciting Inputs: gradient ascent on a model's input, preconditioned in the Fourier domain.
+
+The loop follows the seed study (Walker et al. 2019 style): at each step the gradient of
+
+    loss(x) = r(x) - lambda * |c* - std(x)|
+
+with respect to the image ``x`` is filtered in the Fourier domain by ``1 / |f|^a`` (favouring
+smooth, low-frequency changes), the image takes a step along it, is blurred by a Gaussian whose
+sigma decays over the steps, and is rescaled to [0, 1]. ``c*`` is the mean standard deviation of
+the training images. Every constant is a field of :class:`MEIConfig`. Several starts (seeded
+white noise, black, mean grey) are run; the best is kept and the agreement between starts (and
+between ensemble members, :func:`ensemble_meis`) is the MEI's reliability figure.
+
+Any model works: a callable mapping ``B x 1 x H x W`` tensors to ``B`` responses of one unit.
+:class:`UnitModel` picks one unit of a population model, :class:`EnsembleModel` averages models,
+and :class:`LinearModel`, :class:`EnergyModel` and :class:`TrueNeuron` are models whose optimum is
+known (the last one is a simulated session's true neuron, for the in-silico inception loop).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from meireport.errors import MeireportError
+from meireport.mei._checks import check
+from meireport.mei.compare import phase_invariant_correlation
+from meireport.mei.ops import (
+    fourier_filter,
+    gaussian_blur,
+    precondition,
+    rescale_unit,
+    target_contrast,
+)
+from meireport.mei.targets import EnsembleModel, Model, as_model, model_dtype, responses
+
+__all__ = [
+    "blur_sigmas",
+    "start_images",
+    "MEIConfig",
+    "StartResult",
+    "MEIResult",
+    "agreement",
+    "phase_agreement",
+    "generate_mei",
+    "ensemble_meis",
+]
+_RESCALE = ("minmax", "clip")
+_START_KINDS = ("noise", "black", "grey")
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MEIConfig:
+    """Every constant of the MEI loop (defaults: the seed study's, where it had one).
+
+    Parameters
+    ----------
+    steps : int
+        Gradient-ascent steps per start (seed: 1000).
+    step_size : float
+        Step along the preconditioned gradient (seed ``alpha`` = 0.1). With ``normalize_grad``
+        it is the root-mean-square pixel change per step, whatever the model's response scale.
+    normalize_grad : bool
+        Divide the preconditioned gradient by its RMS before the step (the seed did not, which
+        ties the step to the model's output scale).
+    fourier_exponent : float
+        ``a`` of the ``1 / |f|^a`` gradient filter (seed: 1/4); 0 switches it off.
+    blur_start, blur_end : float
+        Gaussian-blur sigma in pixels at the first step and at the end of the decay (seed: 7
+        and 0.001). Below 0.05 px no blur is applied.
+    blur_fraction : float
+        Fraction of the steps over which sigma decays linearly from ``blur_start`` to
+        ``blur_end`` (then stays there). The seed's compounding schedule had decayed 100-fold
+        after ~10 % of 1000 steps.
+    contrast_weight : float
+        ``lambda`` of the contrast penalty ``lambda * |c* - std(x)|`` (seed: 2), in response
+        units per unit of standard deviation.
+    target_std : float, optional
+        ``c*``; default: the mean standard deviation of the training images given to
+        :func:`generate_mei`.
+    rescale : {"minmax", "clip"}
+        How each step is brought back to [0, 1]: stretch min..max to 0..1 (seed) or clip.
+    starts : tuple of str
+        Initial images: ``"noise"`` (seeded white noise; each occurrence a new draw), ``"black"``,
+        ``"grey"`` (0.5).
+    seed : int
+        Seed of the noise starts.
+    jitter : float
+        Amplitude of seeded noise added to the black and grey starts: a flat image is a
+        stationary point of any model symmetric in contrast (an energy model's gradient
+        vanishes there), so an exactly flat start might never move.
+    dtype : {"auto", "float32", "float64"}
+        Tensor precision of the loop; ``"auto"``: the model's own (float32 for a model without
+        parameters or buffers).
+
+    Examples
+    --------
+    >>> MEIConfig(steps=50).steps
+    50
+    >>> MEIConfig(rescale="median")
+    Traceback (most recent call last):
+    ...
+    meireport.errors.MeireportError: rescale: expected one of ('minmax', 'clip'), got 'median'
+    """
+
+    steps: int = 1000
+    step_size: float = 0.1
+    normalize_grad: bool = True
+    fourier_exponent: float = 0.25
+    blur_start: float = 7.0
+    blur_end: float = 0.001
+    blur_fraction: float = 0.1
+    contrast_weight: float = 2.0
+    target_std: float | None = None
+    rescale: str = "minmax"
+    starts: tuple[str, ...] = ("noise", "noise", "black", "grey")
+    seed: int = 0
+    jitter: float = 1e-3
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        check(
+            int(self.steps) == self.steps and self.steps >= 1,
+            "steps",
+            "an integer >= 1",
+            self.steps,
+        )
+        check(self.step_size > 0, "step_size", "> 0", self.step_size)
+        check(self.fourier_exponent >= 0, "fourier_exponent", ">= 0", self.fourier_exponent)
+        check(self.blur_start >= 0, "blur_start", ">= 0", self.blur_start)
+        check(self.blur_end >= 0, "blur_end", ">= 0", self.blur_end)
+        check(0 < self.blur_fraction <= 1, "blur_fraction", "in (0, 1]", self.blur_fraction)
+        check(self.contrast_weight >= 0, "contrast_weight", ">= 0", self.contrast_weight)
+        if self.target_std is not None:
+            check(self.target_std > 0, "target_std", "> 0 or None", self.target_std)
+        check(self.rescale in _RESCALE, "rescale", f"one of {_RESCALE}", repr(self.rescale))
+        check(len(self.starts) >= 1, "starts", "at least one start", self.starts)
+        bad = [s for s in self.starts if s not in _START_KINDS]
+        check(not bad, "starts", f"names from {_START_KINDS}", bad)
+        check(0 <= self.jitter < 0.5, "jitter", "in [0, 0.5)", self.jitter)
+        check(
+            self.dtype in ("auto", "float32", "float64"),
+            "dtype",
+            "'auto', 'float32' or 'float64'",
+            repr(self.dtype),
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable copy (for checkpoints and the report)."""
+        return asdict(self) | {"starts": list(self.starts)}
+
+
+@dataclass
+class StartResult:
+    """One start of the loop: its final image and its per-step trace.
+
+    ``response`` and ``std`` have ``steps + 1`` entries: the model's response and the image's
+    standard deviation before each step, and for the final image.
+    """
+
+    name: str
+    image: np.ndarray
+    response: np.ndarray
+    std: np.ndarray
+
+    @property
+    def final_response(self) -> float:
+        """Predicted response to the final image."""
+        return float(self.response[-1])
+
+
+@dataclass
+class MEIResult:
+    """An MEI, the starts it was chosen from and how well they agree.
+
+    Attributes
+    ----------
+    mei : ndarray
+        The best start's image (``H x W`` in [0, 1]).
+    response : float
+        Predicted response to ``mei``.
+    best : int
+        Index of the best start in ``starts``.
+    starts : list of StartResult
+    agreement : ndarray
+        Pairwise pixel correlations between the starts' images (or the members' MEIs).
+    reliability : float
+        Median off-diagonal entry of ``agreement`` (1.0 with a single image).
+    phase_reliability : float
+        Median pairwise :func:`meireport.mei.compare.phase_invariant_correlation`: agreement up to
+        the carrier's phase, which a complex cell's MEI is free to take. Whether the MEIs
+        *agree* is decided in one place, :func:`meireport.trust.mei_agreement`.
+    c_star : float
+        Target contrast used by the penalty.
+    config : MEIConfig
+    seconds : float
+        Wall time of the synthesis.
+    members : list of MEIResult
+        Per-member results (ensembles only, :func:`ensemble_meis`).
+    """
+
+    mei: np.ndarray
+    response: float
+    best: int
+    starts: list[StartResult]
+    agreement: np.ndarray
+    reliability: float
+    phase_reliability: float
+    c_star: float
+    config: MEIConfig
+    seconds: float
+    members: list[MEIResult] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Flat, JSON-serialisable figures for the report."""
+        return {
+            "mei_pred": float(self.response),
+            "best_start": self.starts[self.best].name if self.starts else "ensemble",
+            "reliability": float(self.reliability),
+            "phase_reliability": float(self.phase_reliability),
+            "c_star": float(self.c_star),
+            "mei_std": float(self.mei.std()),
+            "seconds": float(self.seconds),
+        }
+
+
+def agreement(images) -> tuple[np.ndarray, float]:
+    """Pairwise pixel correlations of MEIs and their median off-diagonal value.
+
+    Flat images correlate 0 with anything. A single image agrees with itself (1.0).
+
+    Examples
+    --------
+    >>> a = np.arange(12.0).reshape(3, 4)
+    >>> m, med = agreement([a, 2 * a + 1, -a])
+    >>> m.round(2).tolist(), round(med, 2)
+    ([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]], -1.0)
+    """
+    a = np.asarray(images, dtype=np.float64)
+    check(a.ndim == 3 and len(a) >= 1, "images", "an n x H x W stack", a.shape)
+    z = a.reshape(len(a), -1)
+    z = z - z.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(z, axis=1)
+    z = np.divide(z, norm[:, None], out=np.zeros_like(z), where=norm[:, None] > 0)
+    corr = z @ z.T
+    np.fill_diagonal(corr, 1.0)
+    if len(a) == 1:
+        return corr, 1.0
+    return corr, float(np.median(corr[~np.eye(len(a), dtype=bool)]))
+
+
+def phase_agreement(images) -> float:
+    """Median pairwise phase-invariant correlation of MEIs (1.0 for a single image).
+
+    Examples
+    --------
+    >>> from meireport.stimuli import ScreenGeometry, render_gabor
+    >>> g = [render_gabor(ScreenGeometry(), 0, 0, 45, 0.1, 30, phase=p) for p in (0, 1.5, 3)]
+    >>> round(agreement(g)[1], 1), round(phase_agreement(g), 1)
+    (0.1, 1.0)
+    """
+    a = np.asarray(images, dtype=np.float64)
+    check(a.ndim == 3 and len(a) >= 1, "images", "an n x H x W stack", a.shape)
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    if not pairs:
+        return 1.0
+    return float(np.median([phase_invariant_correlation(a[i], a[j]) for i, j in pairs]))
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
+    """Run the loop on a batch of starts; returns final images and response/std traces."""
+    dtype = model_dtype(model) if config.dtype == "auto" else getattr(torch, config.dtype)
+    x = torch.as_tensor(x0[:, None], dtype=dtype)
+    filt = fourier_filter(tuple(x0.shape[1:]), config.fourier_exponent).to(dtype)
+    sigmas = blur_sigmas(config)
+    resp = np.empty((len(x0), config.steps + 1))
+    stds = np.empty_like(resp)
+    lam = float(config.contrast_weight)
+    for t in range(config.steps):
+        x.requires_grad_(True)
+        r = responses(model, x)
+        s = torch.sqrt(x.flatten(1).var(dim=1, correction=0) + 1e-12)
+        if not torch.all(torch.isfinite(r)):
+            raise MeireportError(f"model: expected finite responses, got {r.tolist()} at step {t}")
+        loss = r - lam * torch.abs(c_star - s)
+        (g,) = torch.autograd.grad(loss.sum(), x)
+        resp[:, t], stds[:, t] = r.detach().double().numpy(), s.detach().double().numpy()
+        g = precondition(g, filt)
+        if config.normalize_grad:
+            rms = torch.sqrt((g.flatten(1) ** 2).mean(dim=1)).view(-1, 1, 1, 1)
+            g = g / rms.clamp_min(1e-20)
+        with torch.no_grad():
+            x = gaussian_blur(x.detach() + config.step_size * g, float(sigmas[t]))
+            x = rescale_unit(x, config.rescale)
+    with torch.no_grad():
+        resp[:, -1] = responses(model, x).double().numpy()
+        stds[:, -1] = x.flatten(1).std(dim=1, correction=0).double().numpy()
+    return x[:, 0].double().numpy(), resp, stds
+
+
+def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIResult:
+    """Synthesise one unit's Most Exciting Input from several starts; keep the best.
+
+    Parameters
+    ----------
+    model : callable
+        ``B x 1 x H x W`` tensor -> ``B`` responses of one unit (see :class:`UnitModel` and
+        :class:`EnsembleModel`). Put in evaluation mode here.
+    images : array_like
+        The training images (``n x H x W`` in [0, 1]); they set ``c*`` (unless
+        ``config.target_std``) and the image shape.
+    config : MEIConfig, optional
+        The loop's constants (default :class:`MEIConfig`).
+
+    Returns
+    -------
+    MEIResult
+        The best start's image (highest predicted response), every start's image and trace,
+        and the agreement between starts.
+
+    Examples
+    --------
+    >>> from meireport.mei.targets import LinearModel
+    >>> w = np.zeros((8, 8)); w[2:6, 3] = 1.0; w[2:6, 4] = -1.0
+    >>> imgs = np.random.default_rng(0).random((5, 8, 8))
+    >>> res = generate_mei(LinearModel(w), imgs, MEIConfig(steps=30, blur_start=1.0))
+    >>> res.mei.shape, bool(res.mei[4, 3] > res.mei[4, 4]), res.reliability > 0.9
+    ((8, 8), True, True)
+    """
+    config = MEIConfig() if config is None else config
+    check(isinstance(config, MEIConfig), "config", "an MEIConfig", type(config))
+    model = as_model(model)
+    imgs = np.asarray(images, dtype=np.float64)
+    check(imgs.ndim == 3 and len(imgs) > 0, "images", "a non-empty n x H x W stack", imgs.shape)
+    c_star = config.target_std if config.target_std is not None else target_contrast(imgs)
+    t0 = time.perf_counter()
+    final, resp, stds = _ascend(model, start_images(config, imgs.shape[1:]), c_star, config)
+    starts = [StartResult(name, final[i], resp[i], stds[i]) for i, name in enumerate(config.starts)]
+    best = int(np.argmax(resp[:, -1]))
+    corr, rel = agreement(final)
+    return MEIResult(
+        mei=final[best],
+        response=float(resp[best, -1]),
+        best=best,
+        starts=starts,
+        agreement=corr,
+        reliability=rel,
+        phase_reliability=phase_agreement(final),
+        c_star=float(c_star),
+        config=config,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def ensemble_meis(models: Sequence[Model], images, config: MEIConfig | None = None) -> MEIResult:
+    """The MEI of an ensemble (members averaged) and the agreement of the members' own MEIs.
+
+    The returned MEI, response and starts are those of :class:`EnsembleModel`; ``agreement``
+    and ``reliability`` compare the members' MEIs (one per member, each from all starts), so an
+    MEI that only one member supports shows a low reliability.
+
+    Examples
+    --------
+    >>> from meireport.mei.targets import LinearModel
+    >>> w = np.zeros((8, 8)); w[2:6, 3] = 1.0; w[2:6, 4] = -1.0
+    >>> imgs = np.random.default_rng(0).random((5, 8, 8))
+    >>> cfg = MEIConfig(steps=30, blur_start=1.0, starts=("noise", "grey"))
+    >>> res = ensemble_meis([LinearModel(w), LinearModel(1.1 * w)], imgs, cfg)
+    >>> len(res.members), res.reliability > 0.99
+    (2, True)
+    """
+    check(len(models) >= 1, "models", "at least one model", len(models))
+    config = MEIConfig() if config is None else config
+    t0 = time.perf_counter()
+    members = [generate_mei(m, images, config) for m in models]
+    joint = generate_mei(EnsembleModel(models), images, config)
+    meis = [m.mei for m in members]
+    corr, rel = agreement(meis)
+    joint.members, joint.agreement, joint.reliability = members, corr, rel
+    joint.phase_reliability = min(phase_agreement(meis), joint.phase_reliability)
+    joint.seconds = time.perf_counter() - t0
+    return joint
+
+
+def blur_sigmas(config: MEIConfig) -> np.ndarray:
+    """Blur sigma (pixels) at each step: linear decay over ``blur_fraction`` of the steps.
+
+    Examples
+    --------
+    >>> from meireport.mei.synthesis import MEIConfig
+    >>> blur_sigmas(MEIConfig(steps=10, blur_start=4.0, blur_end=0.0, blur_fraction=0.5))
+    array([4. , 3.2, 2.4, 1.6, 0.8, 0. , 0. , 0. , 0. , 0. ])
+    """
+    n_decay = max(int(round(config.blur_fraction * config.steps)), 1)
+    frac = np.clip(np.arange(config.steps) / n_decay, 0.0, 1.0)
+    return config.blur_start + (config.blur_end - config.blur_start) * frac
+
+
+def start_images(config: MEIConfig, shape: tuple[int, int]) -> np.ndarray:
+    """The initial images named by ``config.starts`` (``n_starts x H x W`` in [0, 1]).
+
+    Noise starts are white Gaussian noise stretched to [0, 1], the k-th drawn from
+    ``default_rng([seed, k])``; black (0) and grey (0.5) starts carry ``config.jitter`` of
+    seeded uniform noise (drawn from ``default_rng([seed, k, 1])``).
+
+    Examples
+    --------
+    >>> from meireport.mei.synthesis import MEIConfig
+    >>> s = start_images(MEIConfig(starts=("noise", "black", "grey"), jitter=0.0), (4, 6))
+    >>> s.shape, float(s[1].max()), float(s[2].min())
+    ((3, 4, 6), 0.0, 0.5)
+    """
+    out = []
+    for k, name in enumerate(config.starts):
+        if name == "noise":
+            z = np.random.default_rng([config.seed, k]).normal(size=shape)
+            out.append((z - z.min()) / np.ptp(z))
+            continue
+        u = np.random.default_rng([config.seed, k, 1]).random(shape)
+        base = 0.0 if name == "black" else 0.5 - config.jitter / 2
+        out.append(base + config.jitter * u)
+    return np.stack(out)

@@ -1,0 +1,1 @@
+"""Figures, one module per report page; every ``plot_*`` returns a matplotlib ``Figure``."""

@@ -1,0 +1,610 @@
+"""What the per-neuron notebooks call: training, MEI and Gabor stages on a run folder's artifacts.
+
+Each stage reads the artifacts written by the stages before it (``results/<session>/...`` and
+``results/<session>/<unit>/...``), writes its own atomically, and returns what its page shows.
+The params sections (``model``, ``train``, ``mei``, ``gabor``) are mapped here onto the library's
+configuration dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from meireport.artifacts import load_csv, load_json, load_npz, save_csv, save_json, save_npy
+from meireport.errors import MeireportError
+from meireport.stimuli import ScreenGeometry
+
+__all__ = [
+    "extract_stage",
+    "select_stage",
+    "summary_stage",
+    "model_configs",
+    "mei_config",
+    "search_config",
+    "response_data",
+    "unit_row",
+    "train_stage",
+    "mei_stage",
+    "UnitMEI",
+    "unit_mei",
+    "mei_truth_values",
+    "rf_centre",
+    "single_thread_torch",
+    "trust_stage",
+    "gabor_stage",
+    "TrainStage",
+    "MEIStage",
+    "GaborStage",
+]
+
+
+def single_thread_torch() -> None:
+    """One torch thread per stage: results then do not depend on the worker's core count.
+
+    Parallelism comes from running neurons in separate workers; the float reductions of a
+    multi-threaded torch differ (at ~1e-9) with the thread count.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# -------------------------------------------------------------------------------------------
+# params -> library configs
+# -------------------------------------------------------------------------------------------
+def model_configs(model: dict, train: dict, input_shape=(60, 96)):
+    """``(CNNConfig, LNConfig, TrainConfig)`` from the ``model`` and ``train`` params sections."""
+    from meireport.models import CNNConfig, CoreConfig, LNConfig, ReadoutConfig, TrainConfig
+
+    crop = (int(model["crop"]),) * 2 if model.get("crop") else None
+    core = CoreConfig(hidden_channels=model["core_channels"], layers=model["core_layers"],
+                      input_kern=model["first_kernel"], hidden_kern=model["hidden_kernel"],
+                      gamma_input=model["laplace_weight"],
+                      gamma_hidden=model["group_sparsity_weight"])
+    readout = ReadoutConfig(kind="point" if model["readout"] == "pyramid" else "factorised")
+    cnn = CNNConfig(core=core, readout=readout, input_shape=tuple(input_shape), crop_size=crop)
+    ln = LNConfig(input_shape=tuple(input_shape), crop_size=crop)
+    tr = TrainConfig(loss=train["loss"], lr=train["lr"], batch_size=train["batch_size"],
+                     max_epochs=train["epochs"], patience=train["patience"], seed=train["seed"],
+                     split_seed=train["seed"], val_frac=train["val_fraction"],
+                     test_frac=train["test_fraction"], gabors=bool(model["use_gabors"]),
+                     ensemble=int(model["ensemble"]))
+    return cnn, ln, tr
+
+
+def mei_config(mei: dict):
+    """:class:`meireport.mei.MEIConfig` from the ``mei`` params section."""
+    from meireport.mei import MEIConfig
+
+    starts = ("noise", "black", "grey") + ("noise",) * max(0, int(mei["n_starts"]) - 3)
+    return MEIConfig(steps=mei["steps"], step_size=mei["lr"],
+                     fourier_exponent=mei["precondition_exponent"],
+                     blur_start=mei["blur_start"], blur_end=mei["blur_end"],
+                     contrast_weight=mei["contrast_weight"],
+                     starts=starts[: int(mei["n_starts"])], seed=mei["seed"])
+
+
+def search_config(gabor: dict):
+    """:class:`meireport.mei.gabor.GaborSearchConfig` from the ``gabor`` params section."""
+    from meireport.mei import GaborSearchConfig
+
+    if gabor.get("quick"):
+        return GaborSearchConfig(n_orientations=6, sfs_cpd=(0.04, 0.08, 0.16), n_phases=2,
+                                 sizes_deg=(15.0, 30.0), position_step_deg=20.0,
+                                 n_positions=2, n_refine=1, refine_iters=5)
+    return GaborSearchConfig()
+
+
+# -------------------------------------------------------------------------------------------
+# artifacts -> data
+# -------------------------------------------------------------------------------------------
+def _session(session_dir) -> tuple[Path, dict, ScreenGeometry]:
+    sdir = Path(session_dir)
+    info = load_json(sdir / "session.json")
+    return sdir, info, ScreenGeometry.from_dict(info["geometry"])
+
+
+def response_data(session_dir, gabors: bool = False):
+    """:class:`meireport.models.ResponseData` rebuilt from the extraction artifacts."""
+    from meireport.models import ResponseData, gabor_set
+
+    sdir, _, geometry = _session(session_dir)
+    tr = load_npz(sdir / "trials.npz")
+    im = load_npz(sdir / "images.npz")
+    if not np.array_equal(im["frames"], tr["image_ids"]):
+        raise MeireportError(f"{sdir}: images.npz and trials.npz disagree on frame ids")
+    gs = None
+    if gabors:
+        g = load_npz(sdir / "gabors.npz")
+        table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position", "size",
+                                                "spatial_frequency", "contrast")},
+                             index=g["presentation_ids"])
+        counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
+        gs = gabor_set(table, counts, geometry)
+    return ResponseData(images=im["images"], trials=tr["data"], unit_ids=tr["unit_ids"],
+                        image_ids=tr["image_ids"], gabors=gs)
+
+
+def unit_row(session_dir, unit_id: int) -> pd.Series:
+    """The unit's row of ``selection.csv`` (metrics, RF centre), or a clear error."""
+    sel = load_csv(Path(session_dir) / "selection.csv").set_index("unit_id")
+    if int(unit_id) not in sel.index:
+        raise MeireportError(
+            f"unit_id: {unit_id} is not a unit of this session's area "
+            f"(known: {', '.join(map(str, sel.index[:8]))}, ...)"
+        )
+    return sel.loc[int(unit_id)]
+
+
+def _truth(info: dict, session_dir):
+    """The simulator's ground truth (path in ``session.json`` is relative to the session folder)."""
+    if not info.get("ground_truth"):
+        return None
+    from meireport.sources.simulate import load_ground_truth
+
+    return load_ground_truth(Path(session_dir) / info["ground_truth"])
+
+
+def rf_centre(row: pd.Series) -> tuple[float, float] | None:
+    """The unit's mapped RF centre ``(col, row)`` in model pixels, or None without a mapped RF.
+
+    Examples
+    --------
+    >>> rf_centre(pd.Series({"has_rf": True, "rf_col_px": 40.0, "rf_row_px": 30.0}))
+    (40.0, 30.0)
+    >>> rf_centre(pd.Series({"has_rf": False, "rf_col_px": 40.0, "rf_row_px": 30.0})) is None
+    True
+    """
+    ok = bool(row.get("has_rf", False)) and np.isfinite(row.get("rf_col_px", np.nan))
+    return (float(row["rf_col_px"]), float(row["rf_row_px"])) if ok else None
+
+
+# -------------------------------------------------------------------------------------------
+# stages
+# -------------------------------------------------------------------------------------------
+@dataclass
+class TrainStage:
+    """Result of :func:`train_stage`: the fitted CNN and LN, and the figures' inputs."""
+
+    cnn: object
+    ln: object
+    values: dict
+    truth: object = None
+
+
+def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) -> TrainStage:
+    """Fit the unit's CNN and LN baseline; write ``model.pt``, ``ln.pt`` and ``train.json``.
+
+    With ``model.crop`` set, a unit without a mapped receptive field (no significant RF map) is
+    fitted on the full field; ``train.json``'s ``crop_px`` says which.
+    """
+    from meireport.models import fit_model, make_split, save_checkpoint
+
+    single_thread_torch()
+    sdir, info, geometry = _session(session_dir)
+    row = unit_row(sdir, unit_id)
+    data = response_data(sdir, gabors=bool(model["use_gabors"]))
+    centre = rf_centre(row)
+    if model.get("crop") and centre is None:  # nothing to crop around: the full field
+        model = dict(model, crop=None)
+    cnn_cfg, ln_cfg, tr_cfg = model_configs(model, train, geometry.shape)
+    split = make_split(data.image_ids, tr_cfg.val_frac, tr_cfg.test_frac, tr_cfg.split_seed)
+    truth = _truth(info, sdir)
+    oracle = {int(unit_id): float(row["oracle_corr"])}
+    kw = dict(train_config=tr_cfg, rf_centres=[centre], oracle=oracle, truth=truth,
+              split=split)
+    cnn = fit_model(data, [int(unit_id)], "cnn", cnn_cfg, **kw)
+    ln = fit_model(data, [int(unit_id)], "ln", ln_cfg, **kw)
+    out = Path(out_dir)
+    extra = {"session_id": int(info["session_id"]), "window": info["window"]}
+    cnn.extra.update(extra)
+    ln.extra.update(extra)
+    save_checkpoint(cnn, out / "model.pt")
+    save_checkpoint(ln, out / "ln.pt")
+    m, mln = cnn.metrics.iloc[0], ln.metrics.iloc[0]
+    values = {
+        "test_corr": float(m["test_corr"]), "test_corr_ci_low": float(m["test_corr_ci_low"]),
+        "test_corr_ci_high": float(m["test_corr_ci_high"]), "frac_oracle": float(m["frac_oracle"]),
+        "single_trial_corr": float(m["single_trial_corr"]),
+        "test_ll_gain": float(m["test_ll_gain"]),
+        "test_corr_ln": float(mln["test_corr"]), "frac_oracle_ln": float(mln["frac_oracle"]),
+        "train_seconds": float(cnn.seconds), "train_seconds_ln": float(ln.seconds),
+        "rf_centre_px": list(centre) if centre else None,
+        "crop_px": model.get("crop"),  # null when the unit has no mapped RF to crop around
+    }
+    if "true_corr" in cnn.metrics:
+        values |= {"true_corr": float(m["true_corr"]), "true_corr_ln": float(mln["true_corr"])}
+    save_json(out / "train.json", values)
+    return TrainStage(cnn, ln, values, truth)
+
+
+def _unit_model(out_dir):
+    from meireport.mei import UnitModel
+    from meireport.models import load_model
+
+    trained = load_model(Path(out_dir) / "model.pt")
+    return trained, UnitModel(trained.model, 0).eval()
+
+
+def _train_images(session_dir, trained) -> tuple[np.ndarray, np.ndarray]:
+    im = load_npz(Path(session_dir) / "images.npz")
+    rows = np.isin(im["frames"], np.asarray(trained.split.train))
+    return im["images"][rows].astype(np.float64), im["images"].astype(np.float64)
+
+
+@dataclass
+class MEIStage:
+    """Result of :func:`mei_stage`."""
+
+    result: object
+    values: dict
+    best_image: np.ndarray
+    mean: float
+    c_star: float
+    trust: object = None  # meireport.trust.Trust
+
+
+_TRUST_FROM_SELECTION = ("selection_stability", "rf_p_value")
+
+
+def trust_stage(session_dir, out_dir, unit_id: int, mei_values: dict, trust: dict | None = None):
+    """Assess how far the unit's MEI can be trusted; write ``trust.json``.
+
+    Merges the unit's ``selection.csv`` row (``selection_stability``, ``rf_p_value``), its
+    ``train.json`` (test-correlation CI, ``frac_oracle``) and ``mei_values``
+    (``mei_reliability``), and applies :func:`meireport.trust.assess` with the thresholds of the
+    ``trust`` params section (``None``: the defaults). A missing ``train.json`` leaves its
+    criteria unknown.
+
+    Returns
+    -------
+    meireport.trust.Trust
+    """
+    from meireport.trust import TrustThresholds, assess
+
+    thresholds = TrustThresholds.from_params(trust)
+    row = unit_row(session_dir, unit_id)
+    values: dict = {k: row.get(k) for k in _TRUST_FROM_SELECTION}
+    train_file = Path(out_dir) / "train.json"
+    if train_file.is_file():
+        values |= {k: v for k, v in load_json(train_file).items() if np.isscalar(v) or v is None}
+    values |= mei_values
+    result = assess(values, thresholds)
+    save_json(Path(out_dir) / "trust.json", result.to_dict())
+    return result
+
+
+@dataclass
+class UnitMEI:
+    """One unit's MEI as the report computes it, beside the natural images at equal footing.
+
+    Attributes
+    ----------
+    result : meireport.mei.MEIResult
+        The synthesis (every start, their agreement).
+    mei : ndarray
+        The MEI clipped to [0, 1].
+    mean, c_star : float
+        Footing: the training images' mean luminance and mean contrast.
+    stimuli : ndarray
+        The MEI followed by every natural image, all rescaled to the footing.
+    pred : ndarray
+        The model's response to each of ``stimuli``.
+    f1_f0 : float
+        The model's phase modulation at its MEI (:func:`meireport.mei.phase_modulation`): below
+        1 complex-like, above simple-like; ``inf`` when its mean response over phase is 0.
+    """
+
+    result: object
+    mei: np.ndarray
+    mean: float
+    c_star: float
+    stimuli: np.ndarray
+    pred: np.ndarray
+    f1_f0: float
+
+    @property
+    def best(self) -> int:
+        """Index (into the natural images) of the image the model responds to most."""
+        return int(np.argmax(self.pred[1:]))
+
+    def values(self) -> dict:
+        """What ``mei.json`` records of the synthesis and of the model's verdicts."""
+        res = self.result
+        return {"mei_pred": float(self.pred[0]), "best_image_pred": float(self.pred[1 + self.best]),
+                "mei_reliability": float(res.reliability),
+                "mei_phase_reliability": float(res.phase_reliability),
+                # JSON has no inf: an unmodulated-mean (silent on average) model is simple-like
+                "mei_f1_f0": float(self.f1_f0) if np.isfinite(self.f1_f0) else None,
+                "c_star": float(self.c_star), "mean_luminance": float(self.mean),
+                "mei_seconds": float(res.seconds)}
+
+
+def unit_mei(model, train_images, images, config) -> UnitMEI:
+    """Synthesise a unit's MEI and set it beside the natural images, all at equal footing.
+
+    The MEI is synthesised at the training images' mean contrast ``c*``; it and every natural
+    image are then rescaled to the training images' mean luminance and ``c*``
+    (:func:`meireport.mei.equalize`) before the model sees them. The report's MEI stage and the
+    data-limit study both call this (one definition of "the MEI and its best rival image").
+
+    Examples
+    --------
+    >>> from meireport.mei import LinearModel, MEIConfig
+    >>> rng = np.random.default_rng(0)
+    >>> imgs = rng.random((6, 12, 16))
+    >>> w = np.zeros((12, 16)); w[4:8, 6:10] = 1.0
+    >>> u = unit_mei(LinearModel(w), imgs, imgs, MEIConfig(steps=20, starts=("grey",)))
+    >>> u.stimuli.shape, bool(u.pred[0] > u.pred[1 + u.best])
+    ((7, 12, 16), True)
+    """
+    from meireport.mei import equalize, footing, generate_mei, phase_modulation, predict
+
+    train_images = np.asarray(train_images, dtype=np.float64)
+    images = np.asarray(images, dtype=np.float64)
+    mean, c_star = footing(train_images)
+    res = generate_mei(model, train_images, config)
+    mei_img = np.clip(res.mei, 0.0, 1.0)
+    stimuli = equalize(np.concatenate([mei_img[None], images]), mean, c_star)
+    f1_f0 = phase_modulation(model, mei_img, mean, c_star)
+    return UnitMEI(res, mei_img, float(mean), float(c_star), stimuli, predict(model, stimuli),
+                   f1_f0)
+
+
+def mei_truth_values(truth, unit_id: int, u: UnitMEI, images) -> dict:
+    """The true neuron's verdicts on a simulated session (the in-silico inception loop).
+
+    ``mei_true_resp`` (its response to the MEI), ``best_image_true_resp`` (to the natural image it
+    itself prefers: the strongest rival), ``model_best_image_true_resp`` (to the model's pick) and
+    ``mei_rf_corr`` (MEI vs the true optimal stimulus), all at the MEI's footing.
+    """
+    from meireport.mei import best_image_true_resp, mei_rf_corr, mei_true_resp, true_response
+
+    kw = dict(mean=u.mean, std=u.c_star)
+    pick = u.stimuli[1 + u.best][None]
+    return {
+        "mei_true_resp": mei_true_resp(truth, unit_id, u.mei, **kw),
+        "best_image_true_resp": best_image_true_resp(truth, unit_id, images, **kw),
+        "model_best_image_true_resp": float(true_response(truth, unit_id, pick, **kw)[0]),
+        "mei_rf_corr": mei_rf_corr(truth, unit_id, u.mei),
+    }
+
+
+def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None = None) -> MEIStage:
+    """Synthesise the unit's MEI on its CNN; write ``mei.npy``, ``mei.json`` and ``trust.json``.
+
+    The best natural image is compared at equal footing (:func:`unit_mei`): both rescaled to the
+    training images' mean luminance and mean contrast ``c*``. The trust assessment
+    (:func:`trust_stage`, with the ``trust`` params section's thresholds) is added to
+    ``mei.json`` as ``trust`` (the label) and ``trust_reasons`` (``"; "``-joined), so that
+    ``summary.csv`` carries them.
+    """
+    single_thread_torch()
+    sdir, info, _ = _session(session_dir)
+    trained, model = _unit_model(out_dir)
+    train_imgs, all_imgs = _train_images(sdir, trained)
+    u = unit_mei(model, train_imgs, all_imgs, mei_config(mei))
+    values = u.values()
+    values["best_image_frame"] = int(load_npz(sdir / "images.npz")["frames"][u.best])
+    truth = _truth(info, sdir)
+    if truth is not None:
+        values |= mei_truth_values(truth, unit_id, u, all_imgs)
+    assessment = trust_stage(sdir, out_dir, unit_id, values, trust)
+    values |= {"trust": assessment.label, "trust_reasons": "; ".join(assessment.reasons)}
+    save_npy(Path(out_dir) / "mei.npy", u.mei)
+    save_json(Path(out_dir) / "mei.json", values)
+    return MEIStage(u.result, values, u.stimuli[1 + u.best], u.mean, u.c_star, assessment)
+
+
+@dataclass
+class GaborStage:
+    """Result of :func:`gabor_stage`."""
+
+    session_gabor: object
+    search: object
+    mei: np.ndarray
+    values: dict
+    gabor: np.ndarray | None = None  # the Gabor compared (searched, else the session's), equalised
+
+
+def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
+    """Best session Gabor, in-silico Gabor search and the MEI-vs-Gabor metrics.
+
+    Writes ``gabor.npy`` (the searched Gabor at the MEI's mean and contrast) and
+    ``comparison.json``.
+    """
+    from types import SimpleNamespace
+
+    from meireport.mei import (
+        best_phase_image,
+        describe,
+        equalize,
+        gabor_search,
+        pixel_correlation,
+        predict,
+        session_gabor,
+    )
+
+    single_thread_torch()
+    sdir, info, geometry = _session(session_dir)
+    out = Path(out_dir)
+    m = load_json(out / "mei.json")
+    mean, c_star = m["mean_luminance"], m["c_star"]
+    mei_img = np.load(out / "mei.npy", allow_pickle=False)
+    _, model = _unit_model(out)
+    g = load_npz(sdir / "gabors.npz")
+    table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position")},
+                         index=g["presentation_ids"])
+    counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
+    sg = session_gabor(SimpleNamespace(table=table, counts=counts), int(unit_id), geometry,
+                       k=int(gabor["k"]))
+    # Allen's gabors drift: the session Gabor is shown at the carrier phase the model prefers
+    sg_image, sg_phase = best_phase_image(sg, model, mean, c_star)
+    search = gabor_search(model, geometry, mean=mean, std=c_star, config=search_config(gabor)) \
+        if gabor.get("search", True) else None
+    best_gabor = search.image if search is not None else sg_image
+    eq = equalize(np.stack([mei_img, sg_image, best_gabor]), mean, c_star)
+    pred = predict(model, eq)
+    radius = gabor.get("mask_radius")
+    dm, dg = describe(eq[0], geometry, radius), describe(eq[2], geometry, radius)
+    values = {
+        "best_gabor_pred": float(pred[2]), "session_gabor_pred": float(pred[1]),
+        "session_gabor_x_deg": sg.x_deg, "session_gabor_y_deg": sg.y_deg,
+        "session_gabor_orientation_deg": sg.orientation_deg,
+        "session_gabor_phase": sg_phase,
+        "mei_luminance": dm["luminance"], "mei_contrast": dm["contrast"],
+        "gabor_luminance": dg["luminance"], "gabor_contrast": dg["contrast"],
+        "mei_si1": dm["si1"], "mei_si2": dm["si2"], "gabor_si1": dg["si1"], "gabor_si2": dg["si2"],
+        "mei_orientation_deg": dm["orientation_deg"],
+        "gabor_orientation_deg": dg["orientation_deg"],
+        "mei_peak_sf_cpd": dm["peak_sf_cpd"], "gabor_peak_sf_cpd": dg["peak_sf_cpd"],
+        "mei_gabor_corr": pixel_correlation(eq[0], eq[2]),
+    }
+    if search is not None:
+        values |= search.summary()
+    truth = _truth(info, sdir)
+    if truth is not None:
+        from meireport.mei import best_gabor_true_resp
+
+        values["best_gabor_true_resp"] = best_gabor_true_resp(truth, unit_id, eq[2], mean=mean,
+                                                              std=c_star)
+        values["session_gabor_true_resp"] = best_gabor_true_resp(truth, unit_id, eq[1],
+                                                                 mean=mean, std=c_star)
+    save_npy(out / "gabor.npy", eq[2])
+    save_json(out / "comparison.json", values)
+    return GaborStage(sg, search, eq[0], values, eq[2])
+
+
+# -------------------------------------------------------------------------------------------
+# session-level and run-level stages
+# -------------------------------------------------------------------------------------------
+def extract_stage(session, out_dir, area: str | None = "VISam", window=(0.0, 0.25)) -> dict:
+    """Extract everything later stages need from a session into ``out_dir`` (atomic writes).
+
+    Writes ``trials.npz`` (natural-scene trial tensor, blank frame left out), ``images.npz``
+    (the images as the model sees them), ``gabors.npz`` (gabor parameters and counts),
+    ``units.csv`` (the area's units with their metrics, plus ``true_kind`` on simulated sessions)
+    and ``session.json``.
+
+    Returns
+    -------
+    dict
+        The contents of ``session.json``.
+    """
+    from meireport.artifacts import save_csv, save_json, save_npz
+    from meireport.extract import check_window, gabor_responses, spike_counts, trial_tensor
+    from meireport.stimuli import parse_pair
+
+    out = Path(out_dir)
+    win = check_window(window)
+    ids = session.unit_ids(area)
+    table = session.stimulus_table("natural_scenes")
+    counts = spike_counts(session, "natural_scenes", win, unit_ids=ids)
+    trials = trial_tensor(counts, table)
+    save_npz(out / "trials.npz", data=trials.data, unit_ids=trials.unit_ids,
+             image_ids=trials.image_ids)
+    save_npz(out / "images.npz", images=session.model_images(trials.image_ids).astype(np.float32),
+             frames=trials.image_ids)
+    g = gabor_responses(session, win, unit_ids=ids)
+    save_npz(
+        out / "gabors.npz", counts=g.counts.to_numpy(), unit_ids=ids,
+        presentation_ids=g.table.index.to_numpy(),
+        orientation=g.table["orientation"].to_numpy(dtype=float),
+        x_position=g.table["x_position"].to_numpy(dtype=float),
+        y_position=g.table["y_position"].to_numpy(dtype=float),
+        size=np.array([parse_pair(v) for v in g.table["size"]]),
+        spatial_frequency=g.table["spatial_frequency"].map(parse_pair).to_numpy(dtype=float),
+        contrast=g.table["contrast"].map(parse_pair).to_numpy(dtype=float),
+    )
+    units = session.units.loc[ids].copy()
+    truth_path = session.path.parent / "ground_truth.npz"
+    if truth_path.is_file():
+        from meireport.sources.simulate import load_ground_truth
+
+        truth = load_ground_truth(truth_path)
+        units["true_kind"] = truth.kind[truth.index_of(ids)]
+    save_csv(out / "units.csv", units)
+    info = {
+        # paths relative to the session folder: a moved run folder keeps identical artifacts
+        "session_id": int(session.session_id), "nwb": os.path.relpath(session.path, out),
+        "area": area,
+        "window": list(win), "n_units": int(len(ids)), "n_images": int(len(trials.image_ids)),
+        "n_repeats": int(trials.data.shape[2]) if trials.data.size else 0,
+        "geometry": session.geometry.to_dict(),
+        "ground_truth": os.path.relpath(truth_path, out) if truth_path.is_file() else None,
+        "areas": session.areas,
+    }
+    save_json(out / "session.json", info)
+    return info
+
+
+def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
+    """The selection stage: metrics, receptive fields and the rule, written to ``session_dir``.
+
+    Reads the extraction artifacts (``trials.npz``, ``units.csv``, ``gabors.npz``,
+    ``session.json``) and writes ``selection.csv`` (one row per unit: every metric, RF columns,
+    ``selected``, ``reason`` and ``selection_stability``: the fraction of
+    ``selection["stability_resamples"]`` trial resamples (default 20) in which the same rule,
+    without its ``max_units`` cap, selects the unit; see
+    :func:`meireport.select.selection_stability`) and ``rfmap.npz`` (the 9 x 9 gabor maps).
+    """
+    from pathlib import Path
+
+    from meireport.artifacts import load_csv, load_json, load_npz, save_csv, save_npz
+    from meireport.select import (
+        receptive_fields,
+        rf_maps,
+        rule_from_params,
+        select_units,
+        selection_stability,
+        unit_metrics,
+    )
+    from meireport.stimuli import ScreenGeometry
+
+    sdir = Path(session_dir)
+    tr = load_npz(sdir / "trials.npz")
+    units = load_csv(sdir / "units.csv").set_index("unit_id")
+    info = load_json(sdir / "session.json")
+    ids = tr["unit_ids"].astype(np.int64)
+    means = pd.DataFrame(np.nanmean(tr["data"], axis=2).T, index=tr["image_ids"], columns=ids)
+    areas = units.loc[ids, "ecephys_structure_acronym"].astype(str).tolist()
+    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=int(selection.get("seed", 0)))
+    g = load_npz(sdir / "gabors.npz")
+    table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position")},
+                         index=g["presentation_ids"])
+    counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
+    geometry = ScreenGeometry.from_dict(info["geometry"])
+    rf = receptive_fields(table, counts, geometry.deg_to_px, seed=int(selection.get("seed", 0)))
+    metrics = metrics.merge(rf.rename(columns={"n_spikes": "rf_n_spikes"}), on="unit_id",
+                            how="left")
+    if "true_kind" in units.columns:
+        metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
+    rule = rule_from_params(selection)
+    out = select_units(metrics, rule)
+    # stability of passing the rule itself: the max_units cap is a budget, not a reliability
+    uncapped = rule_from_params({**selection, "max_units": None})
+    stability = selection_stability(
+        tr["data"], ids, uncapped, n_resamples=int(selection.get("stability_resamples", 20)),
+        seed=int(selection.get("seed", 0)), metrics=metrics,
+    )
+    out["selection_stability"] = stability.loc[out["unit_id"]].to_numpy()
+    save_csv(sdir / "selection.csv", out, index=False)
+    maps = rf_maps(table, counts)
+    save_npz(sdir / "rfmap.npz", maps=maps.maps, x_deg=maps.x_deg, y_deg=maps.y_deg,
+             unit_ids=np.asarray(maps.unit_ids, dtype=np.int64))
+    return out
+
+
+def summary_stage(session_dir) -> pd.DataFrame:
+    """Write ``summary.csv`` into the session folder (atomically) and return it."""
+    from meireport.report.summary import summary_table
+
+    df = summary_table(session_dir)
+    save_csv(Path(session_dir) / "summary.csv", df, index=False)
+    return df
