@@ -40,9 +40,18 @@ def wheel(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the package, tests and benchmarks."""
-    session.install("ruff>=0.5")
+    """ruff; import-linter's layer / no-cycle contracts; no module uses another's private names.
+
+    import-linter reads the package's source without importing it (no install needed); its
+    contracts are ``[tool.importlinter]`` in pyproject.toml.
+    """
+    session.install("ruff>=0.5", "import-linter>=2.3", "pytest>=7.4")
     session.run("ruff", "check", "meireport", "tests", "bench", "noxfile.py")
+    session.run("lint-imports")
+    # stdlib-only checks of the layout (private names across modules); the rest of the file
+    # needs the package and runs in `nox -s tests`
+    session.run("pytest", "-q", "--noconftest", "-p", "no:cacheprovider", "-o", "addopts=",
+                "tests/test_architecture.py", "-k", "private")
 
 
 @nox.session

@@ -33,7 +33,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from bench import bench_mei as m
-from meireport.report.stages import search_config
+from meireport.report.params import GaborParams
 
 def timed(fn):
     t = time.perf_counter()
@@ -65,7 +65,7 @@ out["cnn_1start_short_s"] = [timed(lambda: m.generate_mei(
 out["cnn_default_short_s"], _ = timed(
     lambda: m.generate_mei(cnn, images, m.MEIConfig(steps={short}, starts=starts)))
 say(f"MEI CNN stand-in, {short} steps: {{min(out['cnn_1start_short_s']):.1f}} s (best of 2)")
-quick = search_config({{"quick": True}})
+quick = GaborParams(quick=True).search_config()
 out["cnn_quick_search_s"], g = timed(
     lambda: m.gabor_search(cnn, geom, mean=mean, std=c_star, config=quick))
 out["cnn_quick_search_images"] = int(g.n_evaluated)

@@ -81,7 +81,10 @@ class TrustThresholds:
     >>> TrustThresholds(max_rf_p=2.0)
     Traceback (most recent call last):
     ...
-    meireport.errors.MeireportError: trust.max_rf_p: expected a value in [0, 1], got 2.0
+    meireport.errors.MeireportError: max_rf_p: expected a value in [0, 1], got 2.0
+
+    The ``trust`` params section is this class (:mod:`meireport.report.params` checks types and
+    unknown fields, then these ranges, naming each bad field ``trust.<name>``).
     """
 
     min_ci_low: float = 0.0
@@ -96,10 +99,10 @@ class TrustThresholds:
                   "min_mei_agreement": (-1.0, 1.0), "min_selection_stability": (0.0, 1.0),
                   "max_rf_p": (0.0, 1.0)}
         for name, (lo, hi) in ranges.items():
-            value = _finite_number(f"trust.{name}", getattr(self, name))
+            value = _finite_number(name, getattr(self, name))
             if not lo <= value <= hi:
                 where = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
-                raise MeireportError(f"trust.{name}: expected a value {where}, got {value!r}")
+                raise MeireportError(f"{name}: expected a value {where}, got {value!r}")
             object.__setattr__(self, name, value)
 
     @classmethod
@@ -110,6 +113,7 @@ class TrustThresholds:
         ----------
         d : Mapping or None
             Field name -> value; missing fields keep their defaults, unknown fields are errors.
+            Errors name the field as ``trust.<name>``.
 
         Returns
         -------
@@ -132,7 +136,10 @@ class TrustThresholds:
         for key in d:
             if key not in known:
                 raise MeireportError(f"trust.{key}: unknown field (known: {', '.join(known)})")
-        return cls(**{k: v for k, v in d.items() if v is not None})
+        try:
+            return cls(**{k: v for k, v in d.items() if v is not None})
+        except MeireportError as e:
+            raise MeireportError(f"trust.{e}") from None
 
 
 @dataclass

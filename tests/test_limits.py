@@ -11,12 +11,12 @@ import pytest
 from meireport.errors import MeireportError
 from meireport.models import bootstrap_corr_ci, new_images, pearson
 from meireport.report import limits
-from meireport.report.limits import OPTION_VARIANTS, LimitsConfig, session_limits
-from meireport.report.params import parse_params
+from meireport.report.limits import OPTION_VARIANTS, session_limits
+from meireport.report.params import LimitsParams, parse_params
 
 TINY = parse_params({"source": {"kind": "simulated"},
-                     "model": {"core_channels": 4, "core_layers": 2, "first_kernel": 9},
-                     "train": {"epochs": 5, "patience": 3}}).to_json_dict()
+                     "model": {"core": {"hidden_channels": 4, "layers": 2, "input_kern": 9}},
+                     "train": {"max_epochs": 5, "patience": 3}}).to_json_dict()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,18 +25,18 @@ def _one_thread(one_torch_thread):
 
 
 def test_config_validation():
-    assert LimitsConfig.from_params({"n_images": [300, 118, 118]}).n_images == (118, 300)
-    with pytest.raises(MeireportError, match=r"limits.n_images: expected sizes >= 10"):
-        LimitsConfig(n_images=(5,))
-    with pytest.raises(MeireportError, match=r"limits: unknown field\(s\) \['n_imgs'\]"):
-        LimitsConfig.from_params({"n_imgs": [30]})
+    assert LimitsParams.from_dict({"n_images": [300, 118, 118]}).n_images == [118, 300]
+    with pytest.raises(MeireportError, match=r"^limits.n_images: sizes must be >= 10, got \[5\]$"):
+        LimitsParams.from_dict({"n_images": [5]})
+    with pytest.raises(MeireportError, match=r"^limits.n_imgs: unknown field \(check the spell"):
+        LimitsParams.from_dict({"n_imgs": [30]})
     with pytest.raises(MeireportError, match="limits.n_images: sizes must be >= 10"):
         parse_params({"source": {"kind": "simulated"}, "limits": {"n_images": [4]}})
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = LimitsConfig(n_images=(30,), n_repeats=6, area_population=(6, 4, 3, 2), n_units=2,
+    cfg = LimitsParams(n_images=[30], n_repeats=6, area_population=(6, 4, 3, 2), n_units=2,
                        mei_steps=20, options_at=30)
     work = tmp_path_factory.mktemp("limits") / "n30"
     tables = session_limits(30, cfg, work, TINY["model"], TINY["train"], TINY["selection"],
@@ -94,9 +94,9 @@ def test_rerun_and_new_trust_thresholds_reuse_the_heavy_work(tiny, monkeypatch):
 def study(tmp_path_factory):
     """Small models (24 px crop CNN) on 118 and 1000 images, 3 simple + 3 complex units."""
     p = parse_params({"source": {"kind": "simulated"},
-                      "model": {"core_channels": 8, "core_layers": 2, "first_kernel": 9,
-                                "crop": 24}}).to_json_dict()
-    cfg = LimitsConfig(n_images=(118, 1000), n_repeats=50, n_units=3, options_at=None,
+                      "model": {"core": {"hidden_channels": 8, "layers": 2, "input_kern": 9},
+                                "crop_size": 24}}).to_json_dict()
+    cfg = LimitsParams(n_images=[118, 1000], n_repeats=50, n_units=3, options_at=None,
                        mei_steps=150, population=False)
     tables = limits.run_limits(cfg, tmp_path_factory.mktemp("study"), p["model"], p["train"],
                                p["selection"])

@@ -24,6 +24,7 @@ from meireport.mei import (
     best_gabor_true_resp,
     best_image_true_resp,
     blur_sigmas,
+    default_starts,
     ensemble_meis,
     equalize,
     footing,
@@ -81,7 +82,13 @@ def test_config_checks_each_field():
     ]:
         with pytest.raises(MeireportError, match=match):
             MEIConfig(**kw)
-    assert MEIConfig().to_dict()["starts"] == ["noise", "noise", "black", "grey"]
+    assert MEIConfig().to_dict()["starts"] == ["noise", "black", "grey", "noise"]
+    assert MEIConfig().starts == default_starts(4)  # one definition of "n starts"
+    assert default_starts(2) == ("noise", "black")
+    assert default_starts(6)[3:] == ("noise",) * 3
+    for bad in (0, 2.5, True):
+        with pytest.raises(MeireportError, match=r"^n_starts: expected an integer >= 1"):
+            default_starts(bad)
 
 
 def test_fourier_filter_favours_low_frequencies():

@@ -28,6 +28,7 @@ from meireport.mei import (
     UnitModel,
     best_gabor_true_resp,
     best_image_true_resp,
+    default_starts,
     equalize,
     footing,
     generate_mei,
@@ -42,8 +43,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with require
 CORE = CoreConfig(hidden_channels=8, layers=2, input_kern=9)  # test_train.py's control core
 MODEL = CNNConfig(core=CORE, crop_size=(24, 24))
 TRAIN = TrainConfig(batch_size=32, n_boot=200, n_new_images=300)
-# what stages.mei_config gives for n_starts=2, with fewer steps than the params default
-MEI = MEIConfig(steps=300, starts=("noise", "black"))
+# what the params' mei section gives for n_starts=2, with fewer steps than its default
+MEI = MEIConfig(steps=300, starts=default_starts(2))
 PHASES = np.linspace(0, 2 * np.pi, 8, endpoint=False)
 # A simple cell is half-rectified: half the images leave it at baseline, so its information is
 # in the spikes of the few images that drive it. With a 99th-percentile true rate under

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -99,7 +100,7 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
     # a trust threshold: the MEI stage assesses trust, so it re-runs with what reads its outputs;
     # the data-limit chapter relabels its units (its models and MEIs are reused, not refitted)
-    strict = mei.model_copy(update={"trust": mei.trust.model_copy(update={"max_rf_p": 0.5})})
+    strict = mei.model_copy(update={"trust": dataclasses.replace(mei.trust, max_rf_p=0.5)})
     fitted = sorted((out / "results" / "limits" / "work").rglob("models.csv"))
     stamps = [f.stat().st_mtime_ns for f in fitted]
     res = run(strict, out=out, progress=False)
@@ -169,10 +170,11 @@ def test_params_errors_one_line_per_field(tmp_path):
     with pytest.raises(MeireportError) as e:
         load_params(bad)
     lines = str(e.value).splitlines()
-    assert "mei.steps: must be > 0, got -5" in lines
+    assert "mei.steps: expected an integer >= 1, got -5" in lines
     assert "extract.window: t1 must be > t0, got [0.3, 0.1]" in lines
-    assert "selection.oracle_quantile: must be <= 1.0, got 2" in lines
+    assert "selection.oracle_quantile: expected a quantile in [0, 1], got 2.0" in lines
     assert "foo: unknown field (check the spelling), got 1" in lines
+    assert len(lines) == 4
     with pytest.raises(MeireportError, match="source.kind: must be one of"):
         parse_params({"source": {"kind": "allen"}})
     with pytest.raises(MeireportError, match="source: path is required for kind 'allen_cache'"):
@@ -184,6 +186,79 @@ def test_params_errors_one_line_per_field(tmp_path):
         load_params(tmp_path / "x.yaml")
     for f in (ROOT / "params").glob("*.yaml"):
         load_params(f)  # every shipped params file is valid
+
+
+def test_renamed_params_fields_name_their_new_name():
+    with pytest.raises(MeireportError) as e:
+        parse_params({"source": {"kind": "simulated"},
+                      "mei": {"lr": 0.1, "precondition_exponent": 0.2, "steps": -5},
+                      "train": {"epochs": 5, "val_fraction": 0.1, "test_fraction": 0.1},
+                      "model": {"core_channels": 4, "crop": 24, "use_gabors": True,
+                                "ensemble": 3, "readout": "pyramid"}})
+    lines = str(e.value).splitlines()
+    for old, new in [("mei.lr", "mei.step_size"), ("mei.precondition_exponent",
+                                                   "mei.fourier_exponent"),
+                     ("train.epochs", "train.max_epochs"), ("train.val_fraction", "train.val_frac"),
+                     ("train.test_fraction", "train.test_frac"),
+                     ("model.core_channels", "model.core.hidden_channels"),
+                     ("model.crop", "model.crop_size"), ("model.use_gabors", "train.gabors"),
+                     ("model.ensemble", "train.ensemble")]:
+        assert f"{old}: renamed to {new}" in lines
+    assert any(ln.startswith("model.readout: renamed to model.readout.kind") for ln in lines)
+    assert "mei.steps: expected an integer >= 1, got -5" in lines  # reported beside the renames
+    assert len(lines) == 11
+
+
+def test_library_checks_name_every_bad_field_of_a_section():
+    with pytest.raises(MeireportError) as e:
+        parse_params({"source": {"kind": "simulated"},
+                      "mei": {"steps": 0, "step_size": -1, "n_starts": 0, "blur_end": "x"},
+                      "model": {"core": {"hidden_channels": 0, "input_kern": 4},
+                                "readout": {"kind": "grid"}},
+                      "train": {"max_epochs": 0, "val_frac": 1.5},
+                      "trust": {"max_rf_p": 2}})
+    assert set(str(e.value).splitlines()) == {
+        "mei.steps: expected an integer >= 1, got 0",
+        "mei.step_size: expected > 0, got -1.0",
+        "mei.n_starts: expected an integer >= 1, got 0",
+        "mei.blur_end: input should be a valid number, unable to parse string as a number, "
+        "got 'x'",
+        "model.core.hidden_channels: expected an integer >= 1, got 0",
+        "model.core.input_kern: expected an odd kernel size, got 4",
+        "model.readout.kind: expected one of ('point', 'factorized'), got 'grid'",
+        "train.max_epochs: expected an integer >= 1, got 0",
+        "train.val_frac: expected a fraction in (0, 1), got 1.5",
+        "trust.max_rf_p: expected a value in [0, 1], got 2.0",
+    }
+    with pytest.raises(MeireportError) as e:  # checks across fields name the field
+        parse_params({"source": {"kind": "simulated"}, "model": {"crop_size": 2},
+                      "train": {"val_frac": 0.6, "test_frac": 0.5}})
+    assert set(str(e.value).splitlines()) == {
+        "model.crop_size: expected (rows, cols) >= 2 * pooling, got (2, 2)",
+        "train.test_frac: expected val_frac + test_frac < 1, got 0.6 + 0.5",
+    }
+
+
+def test_sections_build_the_library_configs():
+    from meireport.mei import MEIConfig, default_starts
+    from meireport.models import CNNConfig, CoreConfig, LNConfig, TrainConfig
+    from meireport.report.params import MEIParams, ModelParams
+    from meireport.trust import TrustThresholds
+
+    p = parse_params({"source": {"kind": "simulated"}})
+    # the defaults are the library's: one definition
+    assert p.model.configs() == (CNNConfig(), LNConfig())
+    assert p.mei.config() == MEIConfig() and MEIConfig().starts == default_starts(4)
+    assert p.train == TrainConfig() and p.trust == TrustThresholds()
+    d = load_params(TINY).to_json_dict()  # what a notebook gets, as JSON
+    cnn, ln = ModelParams.from_dict(dict(d["model"], crop_size=16)).configs((60, 96))
+    assert cnn.core == CoreConfig(hidden_channels=4, layers=2, input_kern=9)
+    assert cnn.crop_size == ln.crop_size == (16, 16)
+    assert TrainConfig.from_dict(d["train"]).max_epochs == 5
+    assert MEIParams.from_dict(d["mei"]).config() == MEIConfig(steps=20,
+                                                               starts=("noise", "black"))
+    with pytest.raises(MeireportError, match=r"^mei\.lr: renamed to mei\.step_size$"):
+        MEIParams.from_dict({"lr": 0.1})
 
 
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="no chromium here")
@@ -232,7 +307,7 @@ def test_crop_falls_back_to_the_full_field_without_a_mapped_rf(tiny_run, tmp_pat
     has_rf = sel["has_rf"].astype(bool)
     assert has_rf.any() and (~has_rf).any()
     p = load_params(TINY).to_json_dict()
-    model = dict(p["model"], crop=16)
+    model = dict(p["model"], crop_size=16)
     for uid, expected in ((sel.loc[~has_rf, "unit_id"].iloc[0], None),
                           (sel.loc[has_rf, "unit_id"].iloc[0], 16)):
         st = stages.train_stage(sdir, tmp_path / str(uid), int(uid), model, p["train"])

@@ -13,7 +13,7 @@ import pytest
 from meireport.artifacts import load_json, save_csv, save_json
 from meireport.errors import MeireportError
 from meireport.plots.summary import style_summary, trust_panel
-from meireport.report.params import TrustParams, parse_params
+from meireport.report.params import parse_params
 from meireport.report.stages import trust_stage
 from meireport.report.summary import SUMMARY_COLUMNS, sort_by_trust, summary_table, trust_sentence
 from meireport.select import SelectionRule, oracle_correlation, select_units, selection_stability
@@ -119,11 +119,12 @@ def test_thresholds_from_params_change_the_label():
 
 def test_params_section_defaults_match_the_thresholds():
     p = parse_params({"source": {"kind": "simulated"}})
-    assert isinstance(p.trust, TrustParams)
+    assert p.trust == TrustThresholds()  # the section is the library's thresholds
     assert TrustThresholds.from_params(p.to_json_dict()["trust"]) == TrustThresholds()
     p = parse_params({"source": {"kind": "simulated"}, "trust": {"min_mei_agreement": 0.7},
                       "selection": {"stability_resamples": 5}})
-    assert TrustThresholds.from_params(p.trust.model_dump()).min_mei_agreement == 0.7
+    assert p.trust.min_mei_agreement == 0.7
+    assert TrustThresholds.from_params(p.to_json_dict()["trust"]).min_mei_agreement == 0.7
     assert p.selection.stability_resamples == 5
 
 
@@ -147,7 +148,7 @@ def test_bad_trust_params_name_the_field():
                       "trust": {"max_rf_p": 2, "min_frac": 1},
                       "selection": {"stability_resamples": 0}})
     lines = str(e.value).splitlines()
-    assert "trust.max_rf_p: must be <= 1.0, got 2" in lines
+    assert "trust.max_rf_p: expected a value in [0, 1], got 2.0" in lines
     assert "trust.min_frac: unknown field (check the spelling), got 1" in lines
     assert "selection.stability_resamples: must be >= 1, got 0" in lines
 

@@ -40,6 +40,7 @@ from meireport.mei.targets import EnsembleModel, Model, as_model, model_dtype, r
 
 __all__ = [
     "blur_sigmas",
+    "default_starts",
     "start_images",
     "MEIConfig",
     "StartResult",
@@ -51,6 +52,24 @@ __all__ = [
 ]
 _RESCALE = ("minmax", "clip")
 _START_KINDS = ("noise", "black", "grey")
+
+
+def default_starts(n_starts: int = 4) -> tuple[str, ...]:
+    """The ``n_starts`` initial images of an MEI: white noise, black, grey, then more noise.
+
+    The one definition of what a number of starts means (:class:`MEIConfig`'s default and the
+    ``mei.n_starts`` params field); each further ``"noise"`` is a new seeded draw.
+
+    Examples
+    --------
+    >>> default_starts(2)
+    ('noise', 'black')
+    >>> default_starts()
+    ('noise', 'black', 'grey', 'noise')
+    """
+    ok = isinstance(n_starts, int | np.integer) and not isinstance(n_starts, bool)
+    check(ok and n_starts >= 1, "n_starts", "an integer >= 1", repr(n_starts))
+    return (_START_KINDS + ("noise",) * max(0, int(n_starts) - len(_START_KINDS)))[:n_starts]
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +108,7 @@ class MEIConfig:
         How each step is brought back to [0, 1]: stretch min..max to 0..1 (seed) or clip.
     starts : tuple of str
         Initial images: ``"noise"`` (seeded white noise; each occurrence a new draw), ``"black"``,
-        ``"grey"`` (0.5).
+        ``"grey"`` (0.5); default :func:`default_starts` ``(4)``.
     seed : int
         Seed of the noise starts.
     jitter : float
@@ -120,7 +139,7 @@ class MEIConfig:
     contrast_weight: float = 2.0
     target_std: float | None = None
     rescale: str = "minmax"
-    starts: tuple[str, ...] = ("noise", "noise", "black", "grey")
+    starts: tuple[str, ...] = default_starts()
     seed: int = 0
     jitter: float = 1e-3
     dtype: str = "auto"

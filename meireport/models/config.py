@@ -36,7 +36,8 @@ class TrainConfig:
     seed : int
         Seed of the initialisation and batch order (ensemble member ``k`` uses ``seed + k``).
     split_seed, val_frac, test_frac
-        The image split (see :func:`make_split`).
+        The image split (see :func:`make_split`): its seed (independent of ``seed``) and the
+        validation and test fractions of the images (each in (0, 1), summing to < 1).
     gabors : bool
         Add the session's gabor presentations to the training set.
     gabor_weight : float, optional
@@ -100,6 +101,13 @@ class TrainConfig:
             raise MeireportError(f"ci_level: expected a number in (0, 1), got {self.ci_level}")
         if self.gabor_weight is not None and not float(self.gabor_weight) >= 0:
             raise MeireportError(f"gabor_weight: expected >= 0 or None, got {self.gabor_weight}")
+        for name in ("val_frac", "test_frac"):
+            if not 0 < float(getattr(self, name)) < 1:
+                raise MeireportError(f"{name}: expected a fraction in (0, 1), got "
+                                     f"{getattr(self, name)!r}")
+        if not float(self.val_frac) + float(self.test_frac) < 1:
+            raise MeireportError(f"test_frac: expected val_frac + test_frac < 1, got "
+                                 f"{self.val_frac} + {self.test_frac}")
 
     def to_dict(self) -> dict:
         """Plain-dict form."""

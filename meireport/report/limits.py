@@ -21,9 +21,9 @@ depends on, so a rerun (or a change of the trust thresholds only) recomputes not
 
 Examples
 --------
->>> cfg = LimitsConfig.from_params({"n_images": [30, 60], "n_units": 2})
+>>> cfg = LimitsParams.from_dict({"n_images": [60, 30], "n_units": 2})
 >>> cfg.n_images, cfg.n_units
-((30, 60), 2)
+([30, 60], 2)
 """
 
 from __future__ import annotations
@@ -31,17 +31,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from meireport.artifacts import load_csv, load_json, save_csv, save_json
-from meireport.errors import MeireportError
+from meireport.report.params import LimitsParams, MEIParams, ModelParams
 
 __all__ = [
-    "LimitsConfig",
     "Variant",
     "CURVE_VARIANTS",
     "OPTION_VARIANTS",
@@ -59,72 +58,6 @@ __all__ = [
 TUNED = ("simple", "complex")
 #: An MEI "matches the truth" when its correlation with the true optimal stimulus reaches this.
 MATCH = 0.5
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """Settings of the data-limit study (the ``limits`` params section).
-
-    Attributes
-    ----------
-    n_images : tuple of int
-        Session sizes (natural images), each a simulated session.
-    n_repeats : int
-        Repeats per image (Allen: 50).
-    seed : int
-        Seed of the simulated sessions (the same units at every size).
-    area_population : tuple of int
-        Simulated VISam units ``(simple, complex, untuned, poor)``.
-    n_units : int
-        Simple and as many complex units modelled per session, each at evenly spaced ranks of
-        the oracle correlation (from the most to the least reliable unit with a positive
-        oracle), so the study spans good and bad units of both kinds.
-    options_at : int or None
-        Session size at which every data-efficiency option is compared (None: none).
-    crop : int
-        RF crop (px) of the "crop" options.
-    ensemble : int
-        Members of the "ensemble" option.
-    mei_steps, mei_starts : int
-        MEI synthesis on each unit's model (the other MEI constants are the library defaults).
-    population : bool
-        Also fit the shared-core population model on every size.
-    """
-
-    n_images: tuple[int, ...] = (118, 300, 1000)
-    n_repeats: int = 50
-    seed: int = 0
-    area_population: tuple[int, int, int, int] = (24, 16, 14, 8)
-    n_units: int = 4
-    options_at: int | None = 118
-    crop: int = 32
-    ensemble: int = 3
-    mei_steps: int = 300
-    mei_starts: int = 2
-    population: bool = True
-
-    def __post_init__(self) -> None:
-        sizes = tuple(int(n) for n in self.n_images)
-        if not sizes or min(sizes) < 10:
-            raise MeireportError(f"limits.n_images: expected sizes >= 10, got {list(sizes)}")
-        object.__setattr__(self, "n_images", tuple(sorted(set(sizes))))
-        object.__setattr__(self, "area_population", tuple(int(v) for v in self.area_population))
-        for name in ("n_repeats", "n_units", "crop", "ensemble", "mei_steps", "mei_starts"):
-            if int(getattr(self, name)) < 1:
-                raise MeireportError(f"limits.{name}: expected >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_params(cls, d: dict | None) -> LimitsConfig:
-        """From the ``limits`` params section (``enabled`` is the runner's business)."""
-        d = {k: v for k, v in (d or {}).items() if k != "enabled"}
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise MeireportError(f"limits: unknown field(s) {sorted(unknown)}")
-        if "n_images" in d:
-            d["n_images"] = tuple(d["n_images"])
-        if "area_population" in d:
-            d["area_population"] = tuple(d["area_population"])
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -191,21 +124,20 @@ def choose_spread(selection: pd.DataFrame, n: int, by: str | None = None) -> lis
     return ids[np.unique(np.linspace(0, len(ids) - 1, n).round().astype(int))].tolist()
 
 
-def _variant_configs(v: Variant, model: dict, train: dict, cfg: LimitsConfig, shape):
-    from meireport.report.stages import model_configs
+def _variant_configs(v: Variant, model: dict, train: dict, cfg: LimitsParams, shape):
+    from meireport.models import TrainConfig
 
-    m = dict(model)
+    m, tr = ModelParams.from_dict(model), TrainConfig.from_dict(dict(train))
+    crop = m.crop_size
     if v.crop is not None:
-        m["crop"] = (m.get("crop") or cfg.crop) if v.crop else None
+        crop = (crop or cfg.crop) if v.crop else None
     if v.population:
-        m["crop"] = None  # one shared input for all units
-    if v.gabors is not None:
-        m["use_gabors"] = v.gabors
-    if v.ensemble is not None:
-        m["ensemble"] = cfg.ensemble if v.ensemble else 1
-    cnn, ln, tr = model_configs(m, train, shape)
-    tr = replace(tr, n_boot=500, n_new_images=300)
-    return (cnn if v.kind == "cnn" else ln), tr, bool(m["use_gabors"])
+        crop = None  # one shared input for all units
+    cnn, ln = m.model_copy(update={"crop_size": crop}).configs(shape)
+    tr = replace(tr, n_boot=500, n_new_images=300,
+                 gabors=tr.gabors if v.gabors is None else v.gabors,
+                 ensemble=tr.ensemble if v.ensemble is None else cfg.ensemble if v.ensemble else 1)
+    return (cnn if v.kind == "cnn" else ln), tr, tr.gabors
 
 
 def _selection_dict(selection: dict | None) -> dict:
@@ -222,7 +154,7 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _simulate(n: int, cfg: LimitsConfig, where: Path):
+def _simulate(n: int, cfg: LimitsParams, where: Path):
     from meireport.sources import open_session, simulate_session
 
     sim = simulate_session(where / "cache", seed=cfg.seed, n_images=n, n_repeats=cfg.n_repeats,
@@ -252,7 +184,7 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
                 if v.crop is not None:
                     continue  # a crop option without a mapped RF: left out
                 # the report's own model: full field, as the train stage does
-                cfg_u = _variant_configs(v, dict(model, crop=None), train, cfg, shape)[0]
+                cfg_u = _variant_configs(v, dict(model, crop_size=None), train, cfg, shape)[0]
             same = (v.kind, v.population, repr(cfg_u), repr(tr), gabors, tuple(us))
             if same not in done:
                 done[same] = fit_model(d, us, v.kind, cfg_u, tr,
@@ -270,18 +202,17 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
     return pd.DataFrame(rows), fits
 
 
-def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsConfig) -> dict:
+def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
     """The MEI of one unit on its model and its in-silico inception loop (the MEI stage's code)."""
     from meireport.mei import UnitModel, best_phase_image, true_response
-    from meireport.report.params import MEIParams
-    from meireport.report.stages import mei_config, mei_truth_values, unit_mei
+    from meireport.report.stages import mei_truth_values, unit_mei
 
     i = int(np.flatnonzero(fit.unit_ids == unit_id)[0])
     model = UnitModel(fit.model, i).eval()
     train_rows = np.isin(data.image_ids, np.asarray(fit.split.train))
     imgs = data.images.astype(np.float64)
-    mei = MEIParams(steps=cfg.mei_steps, n_starts=cfg.mei_starts, seed=cfg.seed)
-    u = unit_mei(model, imgs[train_rows], imgs, mei_config(mei.model_dump()))
+    mei = MEIParams(steps=cfg.mei_steps, n_starts=cfg.mei_starts, seed=cfg.seed).config()
+    u = unit_mei(model, imgs[train_rows], imgs, mei)
     out = u.values() | mei_truth_values(truth, unit_id, u, imgs)
     if sg is not None:  # at the carrier phase the model prefers (Allen's gabors drift)
         img = best_phase_image(sg, model, u.mean, u.c_star)[0]
@@ -291,20 +222,14 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsConfig) -> dict:
 
 
 def _session_gabors(sdir: Path, units, geometry) -> dict:
-    from types import SimpleNamespace
-
-    from meireport.artifacts import load_npz
     from meireport.mei import session_gabor
+    from meireport.report.stages import session_gabors
 
-    g = load_npz(sdir / "gabors.npz")
-    table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position")},
-                         index=g["presentation_ids"])
-    counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
-    resp = SimpleNamespace(table=table, counts=counts)
+    resp = session_gabors(sdir)
     return {u: session_gabor(resp, int(u), geometry) for u in units}
 
 
-def session_limits(n_images: int, cfg: LimitsConfig, work_dir, model: dict, train: dict,
+def session_limits(n_images: int, cfg: LimitsParams, work_dir, model: dict, train: dict,
                    selection: dict | None = None, trust: dict | None = None,
                    options: bool = False, progress: bool = False) -> dict[str, pd.DataFrame]:
     """The pipeline and its ground-truth checks on one simulated session of ``n_images``.
@@ -313,7 +238,7 @@ def session_limits(n_images: int, cfg: LimitsConfig, work_dir, model: dict, trai
     ----------
     n_images : int
         Natural images of the simulated session.
-    cfg : LimitsConfig
+    cfg : LimitsParams
         Study settings.
     work_dir : path
         Folder of this session size (simulated cache, artifacts, cached results).
@@ -334,8 +259,8 @@ def session_limits(n_images: int, cfg: LimitsConfig, work_dir, model: dict, trai
     from meireport.trust import TrustThresholds, assess
 
     work = Path(work_dir)
-    key = _key(n_images, asdict(cfg), model, train, _selection_dict(selection), options,
-               _package_version())
+    key = _key(n_images, cfg.model_dump(mode="json", exclude={"enabled"}), model, train,
+               _selection_dict(selection), options, _package_version())
     cached = _load_cached(work, key)
     if cached is None:
         cached = _compute(n_images, cfg, work, model, train, selection, options, progress)
@@ -381,7 +306,7 @@ def _save_cached(work: Path, key: str, tables: dict) -> None:
     save_json(work / "key.json", {"key": key})
 
 
-def _compute(n_images: int, cfg: LimitsConfig, work: Path, model: dict, train: dict,
+def _compute(n_images: int, cfg: LimitsParams, work: Path, model: dict, train: dict,
              selection: dict | None, options: bool, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
@@ -446,7 +371,7 @@ def _compute(n_images: int, cfg: LimitsConfig, work: Path, model: dict, train: d
 # -------------------------------------------------------------------------------------------
 # the whole study
 # -------------------------------------------------------------------------------------------
-def run_limits(cfg: LimitsConfig, work_dir, model: dict, train: dict,
+def run_limits(cfg: LimitsParams, work_dir, model: dict, train: dict,
                selection: dict | None = None, trust: dict | None = None,
                progress: bool = False) -> dict[str, pd.DataFrame]:
     """:func:`session_limits` at every size of ``cfg.n_images``; tables concatenated."""
@@ -465,7 +390,7 @@ def limits_stage(out_dir, limits: dict | None, model: dict, train: dict,
 
     single_thread_torch()  # beside the neurons' workers: one core each, reproducible numbers
     out = Path(out_dir)
-    tables = run_limits(LimitsConfig.from_params(limits), out / "work", model, train, selection,
+    tables = run_limits(LimitsParams.from_dict(limits), out / "work", model, train, selection,
                         trust, progress)
     for name, df in tables.items():
         save_csv(out / f"limits_{name}.csv", df, index=False)

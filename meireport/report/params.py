@@ -1,33 +1,59 @@
 """Parameters of a report run (``params/*.yaml``), validated before anything runs.
 
 A bad file gives one line per bad field, named by its path, e.g.
-``mei.steps: must be > 0, got -5``. Unknown fields are errors (typos do not pass silently).
-Relative paths are resolved against the folder of the params file.
+``mei.steps: expected an integer >= 1, got -5``. Unknown fields are errors (typos do not pass
+silently); a field renamed since an earlier release says its new name. Relative paths are resolved
+against the folder of the params file.
+
+Each section that configures the library is that library configuration, field for field: the
+``train`` and ``trust`` sections *are* :class:`meireport.models.TrainConfig` and
+:class:`meireport.trust.TrustThresholds`; ``model.core`` and ``model.readout`` are
+:class:`~meireport.models.CoreConfig` and :class:`~meireport.models.ReadoutConfig`; ``mei``
+builds :class:`meireport.mei.MEIConfig` (:meth:`MEIParams.config`), ``model`` the CNN and LN
+configs (:meth:`ModelParams.configs`), ``selection`` the :class:`meireport.select.SelectionRule`
+(:meth:`SelectionParams.rule`). pydantic checks the types; the ranges are the library's own
+checks (its ``__post_init__``), run on each given field alone so that every bad field is named,
+then on all of them together.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from meireport.errors import MeireportError
+from meireport.mei import GaborSearchConfig, MEIConfig, default_starts
+from meireport.models import CNNConfig, CoreConfig, LNConfig, ReadoutConfig, TrainConfig
+from meireport.select import SelectionRule
+from meireport.stimuli import MODEL_SHAPE
+from meireport.trust import TrustThresholds
 
 __all__ = [
     "Params",
+    "RENAMED",
     "SourceParams",
     "ExtractParams",
     "SelectionParams",
     "NeuronsParams",
     "ModelParams",
-    "TrainParams",
     "MEIParams",
     "GaborParams",
-    "TrustParams",
     "RunParams",
     "LimitsParams",
     "load_params",
@@ -36,8 +62,122 @@ __all__ = [
 ]
 
 
+#: Fields renamed to the library's names: old dotted path -> new one (an old name in a params
+#: file is an error that says the new name).
+RENAMED = {
+    "model.core_channels": "model.core.hidden_channels",
+    "model.core_layers": "model.core.layers",
+    "model.first_kernel": "model.core.input_kern",
+    "model.hidden_kernel": "model.core.hidden_kern",
+    "model.laplace_weight": "model.core.gamma_input",
+    "model.group_sparsity_weight": "model.core.gamma_hidden",
+    "model.crop": "model.crop_size",
+    "model.use_gabors": "train.gabors",
+    "model.ensemble": "train.ensemble",
+    "train.epochs": "train.max_epochs",
+    "train.val_fraction": "train.val_frac",
+    "train.test_fraction": "train.test_frac",
+    "mei.lr": "mei.step_size",
+    "mei.precondition_exponent": "mei.fourier_exponent",
+}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _section: ClassVar[str] = "params"  # the section's name in a params file
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None = None) -> Self:
+        """The section from a mapping of its fields (what a notebook gets: ``p["mei"]``).
+
+        Missing fields take their defaults. A bad mapping raises :class:`MeireportError`, one
+        line per bad field named by its dotted path (``mei.steps: ...``).
+        """
+        if isinstance(d, cls):
+            return d
+        try:
+            return cls.model_validate({} if d is None else d)
+        except ValidationError as e:
+            raise MeireportError(_lines(e, (cls._section,))) from None
+
+
+# --------------------------------------------------------------------------------------------
+# library configs as params: types by pydantic, ranges by the library, every bad field named
+# --------------------------------------------------------------------------------------------
+def _reason(error: Exception) -> str:
+    """A library error's text without the ``name: `` it starts with (the caller names it)."""
+    name, sep, rest = str(error).partition(": ")
+    return rest if sep and " " not in name else str(error)
+
+
+def _library_error(loc: tuple, text: str, value: Any) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("library", "{reason}", {"reason": text}),
+                            loc=loc, input=value)
+
+
+def _relocated(err: dict, key: str, value: Any) -> InitErrorDetails:
+    """An error of validating field ``key`` alone, located at that field."""
+    if err["type"] == "value_error":  # a library check (MeireportError is a ValueError)
+        return _library_error(tuple(err["loc"]) or (key,), _reason(err["ctx"]["error"]), value)
+    ctx = dict(err.get("ctx") or {}, msg=err["msg"])
+    return InitErrorDetails(type=PydanticCustomError(err["type"], "{msg}", ctx),
+                            loc=tuple(err["loc"]), input=err["input"])
+
+
+def _each_field(data: Any, handler: Callable, known: set[str] | None, title: str,
+                check: Callable[[Any], Any] = lambda section: section) -> Any:
+    """Validate ``data`` field by field (the others at their defaults), then as a whole.
+
+    ``handler`` validates a mapping (types, then the library's ``__post_init__``); ``check``
+    builds the library config from the result. A library config stops at its first bad field:
+    trying each given field alone names every bad one, and the final whole build checks the
+    fields against each other.
+    """
+    if not isinstance(data, Mapping):
+        out = handler(data)
+        check(out)
+        return out
+    errors: list[InitErrorDetails] = []
+    for key, value in data.items():
+        if known is not None and key not in known:
+            errors.append(InitErrorDetails(type="extra_forbidden", loc=(key,), input=value))
+            continue
+        try:
+            check(handler({key: value}))
+        except ValidationError as e:
+            errors += [_relocated(err, key, value) for err in e.errors()]
+        except MeireportError as e:
+            errors.append(_library_error((key,), _reason(e), value))
+    if errors:
+        raise ValidationError.from_exception_data(title, errors)
+    out = handler(data)
+    check(out)  # across fields: a MeireportError (a ValueError) names the field it is about
+    return out
+
+
+def _library(cls: type) -> Any:
+    """A library config dataclass as a params field (a mapping of its own fields)."""
+    known = {f.name for f in fields(cls)}
+    return Annotated[cls, WrapValidator(
+        lambda data, handler: _each_field(data, handler, known, cls.__name__))]
+
+
+_Core = _library(CoreConfig)
+_Readout = _library(ReadoutConfig)
+_Train = _library(TrainConfig)
+_Trust = _library(TrustThresholds)
+
+
+class _LibrarySection(_Section):
+    """A section that builds library configs (:meth:`_check` builds them; the library checks)."""
+
+    def _check(self) -> Any:
+        raise NotImplementedError
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _library_checks(cls, data: Any, handler: Callable) -> Any:
+        return _each_field(data, handler, None, cls.__name__, lambda section: section._check())
 
 
 class SourceParams(_Section):
@@ -85,14 +225,24 @@ class ExtractParams(_Section):
         return v
 
 
-class SelectionParams(_Section):
-    """Which units are reliable enough to model (the seed's rule by default)."""
+_SEED_RULE = SelectionRule()
 
-    oracle_quantile: float | None = Field(0.6, ge=0, le=1, description="keep oracle > quantile")
-    variance_quantile: float | None = Field(0.5, ge=0, le=1, description="keep var > quantile")
+
+class SelectionParams(_LibrarySection):
+    """Which units are reliable enough to model (the seed's rule by default).
+
+    The rule fields build a :class:`meireport.select.SelectionRule` (:meth:`rule`), which checks
+    them; the others configure the metrics, the raster and the stability resamples.
+    """
+
+    _section = "selection"
+    oracle_quantile: float | None = Field(
+        _SEED_RULE.above_quantile["oracle_corr"], description="keep oracle > quantile")
+    variance_quantile: float | None = Field(
+        _SEED_RULE.above_quantile["variance"], description="keep var > quantile")
     min_oracle: float | None = Field(None, description="absolute oracle threshold")
     min_variance: float | None = Field(None, ge=0, description="absolute variance threshold")
-    max_units: int | None = Field(None, ge=1, description="keep at most this many (best oracle)")
+    max_units: int | None = Field(None, description="keep at most this many (best oracle)")
     units: list[int] | None = Field(None, description="explicit unit ids; overrides the rule")
     oracle_method: Literal["jackknife", "random"] = "jackknife"
     oracle_iterations: int = Field(50, ge=1, description="random oracle only")
@@ -104,6 +254,26 @@ class SelectionParams(_Section):
     stability_resamples: int = Field(
         20, ge=1, description="trial resamples for selection_stability (the trust criterion)"
     )
+
+    def rule(self) -> SelectionRule:
+        """The :class:`meireport.select.SelectionRule` of these fields (None: criterion off).
+
+        Examples
+        --------
+        >>> SelectionParams(variance_quantile=None, min_oracle=0.1).rule()  # doctest: +ELLIPSIS
+        SelectionRule(above_quantile={'oracle_corr': 0.6}, above={'oracle_corr': 0.1}, ...)
+        """
+        q = {"oracle_corr": self.oracle_quantile, "variance": self.variance_quantile}
+        a = {"oracle_corr": self.min_oracle, "variance": self.min_variance}
+        return SelectionRule(
+            above_quantile={k: v for k, v in q.items() if v is not None},
+            above={k: v for k, v in a.items() if v is not None},
+            max_units=self.max_units,
+            units=tuple(self.units) if self.units else None,
+        )
+
+    def _check(self) -> SelectionRule:
+        return self.rule()
 
 
 class NeuronsParams(_Section):
@@ -120,74 +290,116 @@ class NeuronsParams(_Section):
         return self
 
 
-class ModelParams(_Section):
-    """Per-neuron CNN and LN baseline."""
+class ModelParams(_LibrarySection):
+    """Per-neuron CNN (:class:`meireport.models.CNNConfig`) and LN baseline.
 
-    core_channels: int = Field(16, ge=1)
-    core_layers: int = Field(3, ge=1)
-    first_kernel: int = Field(13, ge=1)
-    hidden_kernel: int = Field(5, ge=1)
-    laplace_weight: float = Field(0.1, ge=0)
-    group_sparsity_weight: float = Field(0.1, ge=0)
-    readout: Literal["pyramid", "factorised"] = "pyramid"
-    crop: int | None = Field(None, ge=8, description="crop size (px) around the RF centre")
-    use_gabors: bool = Field(False, description="add rendered gabor presentations to training")
-    ensemble: int = Field(1, ge=1, description="models over seeds, predictions averaged")
+    ``core`` and ``readout`` are the library's :class:`~meireport.models.CoreConfig` and
+    :class:`~meireport.models.ReadoutConfig`, field for field; the input shape is the session's.
+    Training options (``gabors``, ``ensemble``) are fields of the ``train`` section
+    (:class:`meireport.models.TrainConfig`). The LN baseline takes the library's defaults.
+
+    Examples
+    --------
+    >>> cnn, ln = ModelParams(core={"hidden_channels": 8}, crop_size=24).configs()
+    >>> cnn.core.hidden_channels, cnn.crop_size, ln.crop_size
+    (8, (24, 24), (24, 24))
+    """
+
+    _section = "model"
+    core: _Core = CoreConfig()
+    readout: _Readout = ReadoutConfig()
+    crop_size: int | None = Field(
+        None, description="square crop (px) of the input around the unit's RF centre")
+
+    @field_validator("readout", mode="before")
+    @classmethod
+    def _readout_kind(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the old `model.readout: pyramid | factorised`
+            kind = {"pyramid": "point"}.get(v, v)
+            raise ValueError(f"renamed to model.readout.kind (now a mapping: "
+                             f"readout: {{kind: {kind}}})")
+        return v
+
+    def configs(self, input_shape=MODEL_SHAPE) -> tuple[CNNConfig, LNConfig]:
+        """``(CNNConfig, LNConfig)`` for images of ``input_shape`` ``(rows, cols)``."""
+        crop = None if self.crop_size is None else (self.crop_size, self.crop_size)
+        shape = tuple(input_shape)
+        return (CNNConfig(core=self.core, readout=self.readout, input_shape=shape,
+                          crop_size=crop),
+                LNConfig(input_shape=shape, crop_size=crop))
+
+    def _check(self) -> tuple[CNNConfig, LNConfig]:
+        return self.configs()
 
 
-class TrainParams(_Section):
-    """Optimisation."""
+class MEIParams(_LibrarySection):
+    """MEI synthesis (the seed's gradient ascent): :class:`meireport.mei.MEIConfig`'s fields.
 
-    epochs: int = Field(150, ge=1)
-    lr: float = Field(0.005, gt=0)
-    batch_size: int = Field(16, ge=1)
-    patience: int = Field(12, ge=1)
-    loss: Literal["poisson", "mse"] = "poisson"
-    val_fraction: float = Field(0.12, gt=0, lt=0.5)
-    test_fraction: float = Field(0.12, gt=0, lt=0.5)
-    seed: int = 0
+    ``n_starts`` picks :func:`meireport.mei.default_starts` (white noise, black, grey, more
+    noise); every other field is the :class:`~meireport.mei.MEIConfig` field of that name, with
+    its default.
 
+    Examples
+    --------
+    >>> MEIParams(steps=50, n_starts=2).config().starts
+    ('noise', 'black')
+    >>> MEIParams().config() == MEIConfig()
+    True
+    """
 
-class MEIParams(_Section):
-    """MEI synthesis (the seed's gradient ascent)."""
+    _section = "mei"
+    steps: int = MEIConfig.steps
+    step_size: float = Field(MEIConfig.step_size,
+                             description="step size (RMS pixel change) of the normalised gradient")
+    fourier_exponent: float = Field(MEIConfig.fourier_exponent,
+                                    description="a of the 1/f^a gradient filter")
+    blur_start: float = Field(MEIConfig.blur_start,
+                              description="Gaussian blur sigma at step 0 (px)")
+    blur_end: float = Field(MEIConfig.blur_end, description="blur sigma at the end (px)")
+    contrast_weight: float = Field(MEIConfig.contrast_weight,
+                                   description="lambda of |c* - std(x)|")
+    n_starts: int = Field(len(MEIConfig.starts), description="white noise, black, grey, noise")
+    seed: int = MEIConfig.seed
 
-    steps: int = Field(1000, gt=0)
-    lr: float = Field(0.1, gt=0, description="step size of the normalised gradient")
-    precondition_exponent: float = Field(0.25, ge=0, description="1/f^a gradient filter")
-    blur_start: float = Field(7.0, ge=0, description="Gaussian blur sigma at step 0 (px)")
-    blur_end: float = Field(0.001, ge=0, description="blur sigma at the last step (px)")
-    contrast_weight: float = Field(2.0, ge=0, description="lambda of |c* - std(x)|")
-    n_starts: int = Field(4, ge=1, description="white noise, black, grey, more noise")
-    seed: int = 0
+    def config(self) -> MEIConfig:
+        """The :class:`meireport.mei.MEIConfig` of these fields."""
+        return MEIConfig(**self.model_dump(exclude={"n_starts"}),
+                         starts=default_starts(self.n_starts))
+
+    def _check(self) -> MEIConfig:
+        return self.config()
 
 
 class GaborParams(_Section):
     """Best session Gabor and in-silico Gabor search."""
 
+    _section = "gabor"
     k: int = Field(3, ge=1, description="top-k session gabors averaged")
     search: bool = True
     quick: bool = Field(False, description="coarse in-silico search grid (tests, previews)")
     mask_radius: float | None = Field(None, gt=0, description="fixed mask radius (px)")
 
-
-class TrustParams(_Section):
-    """Thresholds of the per-neuron trust assessment (:mod:`meireport.trust`)."""
-
-    min_ci_low: float = Field(
-        0.0, ge=-1, le=1, description="lower end of the test correlation's bootstrap CI must exceed"
-    )
-    min_frac_oracle: float = Field(0.5, ge=0, description="minimum frac_oracle")
-    min_mei_agreement: float = Field(
-        0.5, ge=-1, le=1, description="minimum median pixel corr between MEIs of different starts"
-    )
-    min_selection_stability: float = Field(
-        0.8, ge=0, le=1, description="minimum fraction of trial resamples selecting the unit"
-    )
-    max_rf_p: float = Field(0.01, ge=0, le=1, description="maximum RF-mapping permutation p-value")
+    def search_config(self) -> GaborSearchConfig:
+        """The in-silico search grid: the library's default, or a coarse one with ``quick``."""
+        if self.quick:
+            return GaborSearchConfig(n_orientations=6, sfs_cpd=(0.04, 0.08, 0.16), n_phases=2,
+                                     sizes_deg=(15.0, 30.0), position_step_deg=20.0,
+                                     n_positions=2, n_refine=1, refine_iters=5)
+        return GaborSearchConfig()
 
 
 class LimitsParams(_Section):
-    """The data-limit chapter: the pipeline on simulated sessions of growing size."""
+    """The data-limit chapter: the pipeline on simulated sessions of growing size.
+
+    The one definition of the study's settings (:mod:`meireport.report.limits`).
+
+    Examples
+    --------
+    >>> LimitsParams.from_dict({"n_images": [60, 30, 30], "n_units": 2}).n_images
+    [30, 60]
+    """
+
+    _section = "limits"
 
     enabled: bool = Field(True, description="run the chapter (simulated sessions only)")
     n_images: list[int] = Field([118, 300, 1000], min_length=1,
@@ -211,7 +423,7 @@ class LimitsParams(_Section):
     def _sizes(cls, v: list[int]) -> list[int]:
         if min(v) < 10:
             raise ValueError(f"sizes must be >= 10, got {v}")
-        return v
+        return sorted(set(v))
 
 
 class RunParams(_Section):
@@ -231,10 +443,10 @@ class Params(_Section):
     selection: SelectionParams = SelectionParams()
     neurons: NeuronsParams = NeuronsParams()
     model: ModelParams = ModelParams()
-    train: TrainParams = TrainParams()
+    train: _Train = TrainConfig()
     mei: MEIParams = MEIParams()
     gabor: GaborParams = GaborParams()
-    trust: TrustParams = TrustParams()
+    trust: _Trust = TrustThresholds()
     run: RunParams = RunParams()
     limits: LimitsParams = LimitsParams()
 
@@ -248,21 +460,35 @@ _BOUND_WORDS = {
 }
 
 
-def _message(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+def _message(err: dict, prefix: tuple[str, ...] = ()) -> str:
+    """One line for one pydantic error: the field's dotted path, what is wrong, the value."""
+    path = [*prefix, *(str(p) for p in err["loc"] if not str(p).startswith("function-"))]
+    loc = ".".join(path)
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind in _BOUND_WORDS:
         bound = next(iter(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le")))
         return f"{loc}: must be {_BOUND_WORDS[kind]} {bound}, got {got!r}"
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        if loc in RENAMED:
+            return f"{loc}: renamed to {RENAMED[loc]}"
         return f"{loc}: unknown field (check the spelling), got {got!r}"
     if kind == "missing":
         return f"{loc}: required field is missing"
     if kind == "literal_error":
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
-    if kind == "value_error":
-        return f"{loc or 'params'}: {str(ctx.get('error', err['msg']))}"
+    if kind == "library":  # a library config's own check, located at the field
+        return f"{loc}: {ctx['reason']}"
+    if kind == "value_error":  # a library error across fields names its field: "name: ..."
+        text = str(ctx.get("error", err["msg"]))
+        name, sep, rest = text.partition(": ")
+        if loc and sep and " " not in name:
+            return f"{loc}.{name}: {rest}"
+        return f"{loc or 'params'}: {text}"
     return f"{loc}: {err['msg'].lower()}, got {got!r}"
+
+
+def _lines(e: ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    return "\n".join(dict.fromkeys(_message(err, prefix) for err in e.errors()))
 
 
 def parse_params(data: dict, base_dir: Path | None = None) -> Params:
@@ -271,17 +497,22 @@ def parse_params(data: dict, base_dir: Path | None = None) -> Params:
     Raises
     ------
     MeireportError
-        One line per bad field, e.g. ``mei.steps: must be > 0, got -5``.
+        One line per bad field, e.g. ``mei.steps: expected an integer >= 1, got -5``; a renamed
+        field gives its new name (``mei.lr: renamed to mei.step_size``).
 
     Examples
     --------
     >>> p = parse_params({"source": {"kind": "simulated"}, "mei": {"steps": 50}})
-    >>> p.mei.steps, p.selection.oracle_quantile
-    (50, 0.6)
+    >>> p.mei.steps, p.selection.oracle_quantile, p.train.max_epochs
+    (50, 0.6, 150)
     >>> parse_params({"source": {"kind": "simulated"}, "mei": {"steps": -5}})
     Traceback (most recent call last):
     ...
-    meireport.errors.MeireportError: mei.steps: must be > 0, got -5
+    meireport.errors.MeireportError: mei.steps: expected an integer >= 1, got -5
+    >>> parse_params({"source": {"kind": "simulated"}, "mei": {"lr": 0.1}})
+    Traceback (most recent call last):
+    ...
+    meireport.errors.MeireportError: mei.lr: renamed to mei.step_size
     """
     if not isinstance(data, dict):
         kind = type(data).__name__
@@ -289,7 +520,7 @@ def parse_params(data: dict, base_dir: Path | None = None) -> Params:
     try:
         p = Params.model_validate(data)
     except ValidationError as e:
-        raise MeireportError("\n".join(_message(err) for err in e.errors())) from None
+        raise MeireportError(_lines(e)) from None
     if p.source.path is not None and base_dir is not None and not p.source.path.is_absolute():
         src = p.source.model_copy(update={"path": (Path(base_dir) / p.source.path).resolve()})
         p = p.model_copy(update={"source": src})

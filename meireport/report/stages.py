@@ -2,8 +2,10 @@
 
 Each stage reads the artifacts written by the stages before it (``results/<session>/...`` and
 ``results/<session>/<unit>/...``), writes its own atomically, and returns what its page shows.
-The params sections (``model``, ``train``, ``mei``, ``gabor``) are mapped here onto the library's
-configuration dataclasses.
+The params sections arrive as plain dicts (a notebook's ``p["model"]``); each is read through its
+section of :mod:`meireport.report.params`, which builds the library's configuration
+(``ModelParams.configs``, ``MEIParams.config``, ``GaborParams.search_config``, ...); the ``train``
+section is :class:`meireport.models.TrainConfig` itself.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ import pandas as pd
 
 from meireport.artifacts import load_csv, load_json, load_npz, save_csv, save_json, save_npy
 from meireport.errors import MeireportError
+from meireport.report.params import GaborParams, MEIParams, ModelParams, SelectionParams
 from meireport.stimuli import ScreenGeometry
 
 __all__ = [
     "extract_stage",
     "select_stage",
     "summary_stage",
-    "model_configs",
     "mei_config",
-    "search_config",
     "response_data",
+    "session_gabors",
     "unit_row",
     "train_stage",
     "mei_stage",
@@ -55,50 +57,9 @@ def single_thread_torch() -> None:
     torch.set_num_threads(1)
 
 
-# -------------------------------------------------------------------------------------------
-# params -> library configs
-# -------------------------------------------------------------------------------------------
-def model_configs(model: dict, train: dict, input_shape=(60, 96)):
-    """``(CNNConfig, LNConfig, TrainConfig)`` from the ``model`` and ``train`` params sections."""
-    from meireport.models import CNNConfig, CoreConfig, LNConfig, ReadoutConfig, TrainConfig
-
-    crop = (int(model["crop"]),) * 2 if model.get("crop") else None
-    core = CoreConfig(hidden_channels=model["core_channels"], layers=model["core_layers"],
-                      input_kern=model["first_kernel"], hidden_kern=model["hidden_kernel"],
-                      gamma_input=model["laplace_weight"],
-                      gamma_hidden=model["group_sparsity_weight"])
-    readout = ReadoutConfig(kind="point" if model["readout"] == "pyramid" else "factorised")
-    cnn = CNNConfig(core=core, readout=readout, input_shape=tuple(input_shape), crop_size=crop)
-    ln = LNConfig(input_shape=tuple(input_shape), crop_size=crop)
-    tr = TrainConfig(loss=train["loss"], lr=train["lr"], batch_size=train["batch_size"],
-                     max_epochs=train["epochs"], patience=train["patience"], seed=train["seed"],
-                     split_seed=train["seed"], val_frac=train["val_fraction"],
-                     test_frac=train["test_fraction"], gabors=bool(model["use_gabors"]),
-                     ensemble=int(model["ensemble"]))
-    return cnn, ln, tr
-
-
 def mei_config(mei: dict):
-    """:class:`meireport.mei.MEIConfig` from the ``mei`` params section."""
-    from meireport.mei import MEIConfig
-
-    starts = ("noise", "black", "grey") + ("noise",) * max(0, int(mei["n_starts"]) - 3)
-    return MEIConfig(steps=mei["steps"], step_size=mei["lr"],
-                     fourier_exponent=mei["precondition_exponent"],
-                     blur_start=mei["blur_start"], blur_end=mei["blur_end"],
-                     contrast_weight=mei["contrast_weight"],
-                     starts=starts[: int(mei["n_starts"])], seed=mei["seed"])
-
-
-def search_config(gabor: dict):
-    """:class:`meireport.mei.gabor.GaborSearchConfig` from the ``gabor`` params section."""
-    from meireport.mei import GaborSearchConfig
-
-    if gabor.get("quick"):
-        return GaborSearchConfig(n_orientations=6, sfs_cpd=(0.04, 0.08, 0.16), n_phases=2,
-                                 sizes_deg=(15.0, 30.0), position_step_deg=20.0,
-                                 n_positions=2, n_refine=1, refine_iters=5)
-    return GaborSearchConfig()
+    """:class:`meireport.mei.MEIConfig` of the ``mei`` params section (:meth:`MEIParams.config`)."""
+    return MEIParams.from_dict(mei).config()
 
 
 # -------------------------------------------------------------------------------------------
@@ -108,6 +69,21 @@ def _session(session_dir) -> tuple[Path, dict, ScreenGeometry]:
     sdir = Path(session_dir)
     info = load_json(sdir / "session.json")
     return sdir, info, ScreenGeometry.from_dict(info["geometry"])
+
+
+#: Gabor parameters saved in ``gabors.npz`` beside the counts (see :func:`extract_stage`).
+_GABOR_COLUMNS = ("orientation", "x_position", "y_position", "size", "spatial_frequency",
+                  "contrast")
+
+
+def session_gabors(session_dir):
+    """The gabor presentations of ``gabors.npz``: :class:`meireport.extract.GaborResponses`."""
+    from meireport.extract import GaborResponses
+
+    g = load_npz(Path(session_dir) / "gabors.npz")
+    ids = g["presentation_ids"]
+    return GaborResponses(table=pd.DataFrame({k: g[k] for k in _GABOR_COLUMNS}, index=ids),
+                          counts=pd.DataFrame(g["counts"], index=ids, columns=g["unit_ids"]))
 
 
 def response_data(session_dir, gabors: bool = False):
@@ -121,12 +97,8 @@ def response_data(session_dir, gabors: bool = False):
         raise MeireportError(f"{sdir}: images.npz and trials.npz disagree on frame ids")
     gs = None
     if gabors:
-        g = load_npz(sdir / "gabors.npz")
-        table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position", "size",
-                                                "spatial_frequency", "contrast")},
-                             index=g["presentation_ids"])
-        counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
-        gs = gabor_set(table, counts, geometry)
+        g = session_gabors(sdir)
+        gs = gabor_set(g.table, g.counts, geometry)
     return ResponseData(images=im["images"], trials=tr["data"], unit_ids=tr["unit_ids"],
                         image_ids=tr["image_ids"], gabors=gs)
 
@@ -184,16 +156,17 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) ->
     With ``model.crop`` set, a unit without a mapped receptive field (no significant RF map) is
     fitted on the full field; ``train.json``'s ``crop_px`` says which.
     """
-    from meireport.models import fit_model, make_split, save_checkpoint
+    from meireport.models import TrainConfig, fit_model, make_split, save_checkpoint
 
     single_thread_torch()
     sdir, info, geometry = _session(session_dir)
     row = unit_row(sdir, unit_id)
-    data = response_data(sdir, gabors=bool(model["use_gabors"]))
+    mp, tr_cfg = ModelParams.from_dict(model), TrainConfig.from_dict(dict(train))
+    data = response_data(sdir, gabors=tr_cfg.gabors)
     centre = rf_centre(row)
-    if model.get("crop") and centre is None:  # nothing to crop around: the full field
-        model = dict(model, crop=None)
-    cnn_cfg, ln_cfg, tr_cfg = model_configs(model, train, geometry.shape)
+    if mp.crop_size and centre is None:  # nothing to crop around: the full field
+        mp = mp.model_copy(update={"crop_size": None})
+    cnn_cfg, ln_cfg = mp.configs(geometry.shape)
     split = make_split(data.image_ids, tr_cfg.val_frac, tr_cfg.test_frac, tr_cfg.split_seed)
     truth = _truth(info, sdir)
     oracle = {int(unit_id): float(row["oracle_corr"])}
@@ -216,7 +189,7 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) ->
         "test_corr_ln": float(mln["test_corr"]), "frac_oracle_ln": float(mln["frac_oracle"]),
         "train_seconds": float(cnn.seconds), "train_seconds_ln": float(ln.seconds),
         "rf_centre_px": list(centre) if centre else None,
-        "crop_px": model.get("crop"),  # null when the unit has no mapped RF to crop around
+        "crop_px": mp.crop_size,  # null when the unit has no mapped RF to crop around
     }
     if "true_corr" in cnn.metrics:
         values |= {"true_corr": float(m["true_corr"]), "true_corr_ln": float(mln["true_corr"])}
@@ -419,8 +392,6 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
     Writes ``gabor.npy`` (the searched Gabor at the MEI's mean and contrast) and
     ``comparison.json``.
     """
-    from types import SimpleNamespace
-
     from meireport.mei import (
         best_phase_image,
         describe,
@@ -432,26 +403,22 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
     )
 
     single_thread_torch()
+    gp = GaborParams.from_dict(gabor)
     sdir, info, geometry = _session(session_dir)
     out = Path(out_dir)
     m = load_json(out / "mei.json")
     mean, c_star = m["mean_luminance"], m["c_star"]
     mei_img = np.load(out / "mei.npy", allow_pickle=False)
     _, model = _unit_model(out)
-    g = load_npz(sdir / "gabors.npz")
-    table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position")},
-                         index=g["presentation_ids"])
-    counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
-    sg = session_gabor(SimpleNamespace(table=table, counts=counts), int(unit_id), geometry,
-                       k=int(gabor["k"]))
+    sg = session_gabor(session_gabors(sdir), int(unit_id), geometry, k=gp.k)
     # Allen's gabors drift: the session Gabor is shown at the carrier phase the model prefers
     sg_image, sg_phase = best_phase_image(sg, model, mean, c_star)
-    search = gabor_search(model, geometry, mean=mean, std=c_star, config=search_config(gabor)) \
-        if gabor.get("search", True) else None
+    search = gabor_search(model, geometry, mean=mean, std=c_star, config=gp.search_config()) \
+        if gp.search else None
     best_gabor = search.image if search is not None else sg_image
     eq = equalize(np.stack([mei_img, sg_image, best_gabor]), mean, c_star)
     pred = predict(model, eq)
-    radius = gabor.get("mask_radius")
+    radius = gp.mask_radius
     dm, dg = describe(eq[0], geometry, radius), describe(eq[2], geometry, radius)
     values = {
         "best_gabor_pred": float(pred[2]), "session_gabor_pred": float(pred[1]),
@@ -550,7 +517,8 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     Reads the extraction artifacts (``trials.npz``, ``units.csv``, ``gabors.npz``,
     ``session.json``) and writes ``selection.csv`` (one row per unit: every metric, RF columns,
     ``selected``, ``reason`` and ``selection_stability``: the fraction of
-    ``selection["stability_resamples"]`` trial resamples (default 20) in which the same rule,
+    ``selection["stability_resamples"]`` trial resamples (default 20) in which the same rule
+    (:meth:`SelectionParams.rule`; missing fields take the params defaults),
     without its ``max_units`` cap, selects the unit; see
     :func:`meireport.select.selection_stability`) and ``rfmap.npz`` (the 9 x 9 gabor maps).
     """
@@ -560,13 +528,13 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     from meireport.select import (
         receptive_fields,
         rf_maps,
-        rule_from_params,
         select_units,
         selection_stability,
         unit_metrics,
     )
     from meireport.stimuli import ScreenGeometry
 
+    sp = SelectionParams.from_dict(selection)
     sdir = Path(session_dir)
     tr = load_npz(sdir / "trials.npz")
     units = load_csv(sdir / "units.csv").set_index("unit_id")
@@ -574,24 +542,21 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     ids = tr["unit_ids"].astype(np.int64)
     means = pd.DataFrame(np.nanmean(tr["data"], axis=2).T, index=tr["image_ids"], columns=ids)
     areas = units.loc[ids, "ecephys_structure_acronym"].astype(str).tolist()
-    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=int(selection.get("seed", 0)))
-    g = load_npz(sdir / "gabors.npz")
-    table = pd.DataFrame({k: g[k] for k in ("orientation", "x_position", "y_position")},
-                         index=g["presentation_ids"])
-    counts = pd.DataFrame(g["counts"], index=g["presentation_ids"], columns=g["unit_ids"])
+    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=sp.seed)
+    g = session_gabors(sdir)
+    table, counts = g.table, g.counts
     geometry = ScreenGeometry.from_dict(info["geometry"])
-    rf = receptive_fields(table, counts, geometry.deg_to_px, seed=int(selection.get("seed", 0)))
+    rf = receptive_fields(table, counts, geometry.deg_to_px, seed=sp.seed)
     metrics = metrics.merge(rf.rename(columns={"n_spikes": "rf_n_spikes"}), on="unit_id",
                             how="left")
     if "true_kind" in units.columns:
         metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
-    rule = rule_from_params(selection)
-    out = select_units(metrics, rule)
+    out = select_units(metrics, sp.rule())
     # stability of passing the rule itself: the max_units cap is a budget, not a reliability
-    uncapped = rule_from_params({**selection, "max_units": None})
+    uncapped = sp.model_copy(update={"max_units": None}).rule()
     stability = selection_stability(
-        tr["data"], ids, uncapped, n_resamples=int(selection.get("stability_resamples", 20)),
-        seed=int(selection.get("seed", 0)), metrics=metrics,
+        tr["data"], ids, uncapped, n_resamples=sp.stability_resamples, seed=sp.seed,
+        metrics=metrics,
     )
     out["selection_stability"] = stability.loc[out["unit_id"]].to_numpy()
     save_csv(sdir / "selection.csv", out, index=False)

@@ -28,7 +28,6 @@ from meireport.select.rfmap import (
 )
 from meireport.select.rule import (
     SelectionRule,
-    rule_from_params,
     rule_thresholds,
     select_units,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "rf_centres",
     "rf_maps",
     "rf_pvalues",
-    "rule_from_params",
     "rule_thresholds",
     "select_units",
     "selection_stability",

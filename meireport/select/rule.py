@@ -15,7 +15,6 @@ __all__ = [
     "SelectionRule",
     "rule_thresholds",
     "select_units",
-    "rule_from_params",
 ]
 
 
@@ -285,24 +284,3 @@ def _select_explicit(out: pd.DataFrame, ids: pd.Series, rule: SelectionRule) -> 
     out.attrs["thresholds"] = {}
     return out
 
-
-def rule_from_params(selection: Mapping) -> SelectionRule:
-    """Build a :class:`SelectionRule` from the ``selection`` section of a params file.
-
-    Examples
-    --------
-    >>> rule_from_params({"oracle_quantile": 0.6, "variance_quantile": None, "min_oracle": 0.1})
-    ... # doctest: +ELLIPSIS
-    SelectionRule(above_quantile={'oracle_corr': 0.6}, above={'oracle_corr': 0.1}, ...)
-    """
-    q = {m: selection.get(k) for m, k in (("oracle_corr", "oracle_quantile"),
-                                          ("variance", "variance_quantile"))}
-    a = {m: selection.get(k) for m, k in (("oracle_corr", "min_oracle"),
-                                          ("variance", "min_variance"))}
-    units = selection.get("units")
-    return SelectionRule(
-        above_quantile={k: float(v) for k, v in q.items() if v is not None},
-        above={k: float(v) for k, v in a.items() if v is not None},
-        max_units=selection.get("max_units"),
-        units=tuple(int(u) for u in units) if units else None,
-    )
