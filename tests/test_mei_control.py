@@ -27,16 +27,13 @@ from meireport.mei import (
     MEIConfig,
     UnitModel,
     best_gabor_true_resp,
-    best_image_true_resp,
     default_starts,
     equalize,
-    footing,
-    generate_mei,
-    mei_rf_corr,
-    mei_true_resp,
     predict,
 )
 from meireport.models import CNNConfig, CoreConfig, TrainConfig, fit_model, load_responses
+from meireport.report.stages import mei_truth_values, unit_mei
+from meireport.trust import complex_like, mei_agreement
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -84,14 +81,12 @@ def control(rich_control_session):
     for u in [int(u) for u in data.unit_ids if kinds[int(u)] in ("simple", "complex")]:
         fit = fit_model(data, [u], "cnn", MODEL, TRAIN, rf_centres=centres[u], truth=truth)
         model = UnitModel(fit.model, 0).eval()
-        # as mei_stage: footing and c* from the model's training images
+        # mei_stage's own code: footing and c* from the model's training images
         train_imgs = all_imgs[np.isin(data.image_ids, np.asarray(fit.split.train))]
-        mean, c_star = footing(train_imgs)
-        res = generate_mei(model, train_imgs, MEI)
-        mei = np.clip(res.mei, 0.0, 1.0)
-        eq = equalize(np.concatenate([mei[None], all_imgs]), mean, c_star)
-        pred = predict(model, eq)
-        best = int(np.argmax(pred[1:]))  # the pipeline's best image: the model's pick
+        um = unit_mei(model, train_imgs, all_imgs, MEI)
+        mei, mean, c_star, eq = um.mei, um.mean, um.c_star, um.stimuli
+        tv = mei_truth_values(truth, u, um, all_imgs)
+        v = um.values()
         # session Gabor (best 3 conditions averaged): phase 0 as gabor_stage renders it, and
         # the phase the model prefers (Allen's gabors drift: no phase was recorded)
         sg = session_gabor(gabors, u, geometry)
@@ -104,19 +99,20 @@ def control(rich_control_session):
         rows.append({
             "unit_id": u, "kind": kinds[u], "peak_rate": peak[u],
             "true_corr": float(fit.metrics.loc[u, "true_corr"]),
-            "mei_rf_corr": mei_rf_corr(truth, u, mei),
-            "mei_true_resp": mei_true_resp(truth, u, mei, mean=mean, std=c_star),
-            "best_image_true_resp": best_image_true_resp(truth, u, all_imgs, mean=mean,
-                                                         std=c_star, index=best),
-            "true_best_image_resp": best_image_true_resp(truth, u, all_imgs, mean=mean,
-                                                         std=c_star),
+            "mei_rf_corr": tv["mei_rf_corr"],
+            "mei_true_resp": tv["mei_true_resp"],
+            # the pipeline's best image is the model's pick; the stronger rival, the true
+            # neuron's own pick
+            "best_image_true_resp": tv["model_best_image_true_resp"],
+            "true_best_image_resp": tv["best_image_true_resp"],
             "session_gabor_true_resp": best_gabor_true_resp(truth, u, sg.image, mean=mean,
                                                             std=c_star),
             "session_gabor_phase_resp": best_gabor_true_resp(truth, u, g_eq[g_best], mean=mean,
                                                              std=c_star),
-            "mei_pred": float(pred[0]), "best_image_pred": float(pred[1 + best]),
+            "mei_pred": v["mei_pred"], "best_image_pred": v["best_image_pred"],
             "mei_in_crop": float(dev[inside].sum() / dev.sum()),
-            "status": res.status, "mei_seconds": res.seconds, "fit_seconds": fit.seconds,
+            "f1_f0": um.f1_f0, "complex_like": complex_like(v), "mei_agreement": mei_agreement(v),
+            "mei_seconds": um.result.seconds, "fit_seconds": fit.seconds,
         })
     table = pd.DataFrame(rows).set_index("unit_id")
     with pd.option_context("display.width", 250, "display.max_columns", 30,
@@ -155,6 +151,14 @@ def test_true_neuron_prefers_the_mei_to_the_best_natural_image(control):
     pick) and, the stronger rival, by the true neuron itself."""
     assert (control["mei_true_resp"] > control["best_image_true_resp"]).mean() >= 0.8
     assert (control["mei_true_resp"] > control["true_best_image_resp"]).mean() >= 0.8
+
+
+def test_trained_models_are_simple_or_complex_like_as_their_neurons(control):
+    """F1/F0 of each trained CNN at its MEI (Skottun's criterion at 1) names the true kind."""
+    assert (control.loc[control["kind"] == "simple", "f1_f0"] > 1).all(), control
+    assert (control.loc[control["kind"] == "complex", "f1_f0"] < 1).all(), control
+    # and the MEIs of the starts agree by the report's one definition (trust's threshold 0.5)
+    assert (control["mei_agreement"] >= 0.5).all(), control
 
 
 def test_true_neuron_prefers_the_mei_to_the_session_gabor(control):

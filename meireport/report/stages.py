@@ -27,7 +27,6 @@ __all__ = [
     "extract_stage",
     "select_stage",
     "summary_stage",
-    "mei_config",
     "response_data",
     "session_gabors",
     "unit_row",
@@ -55,11 +54,6 @@ def single_thread_torch() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def mei_config(mei: dict):
-    """:class:`meireport.mei.MEIConfig` of the ``mei`` params section (:meth:`MEIParams.config`)."""
-    return MEIParams.from_dict(mei).config()
 
 
 # -------------------------------------------------------------------------------------------
@@ -362,7 +356,7 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
     sdir, info, _ = _session(session_dir)
     trained, model = _unit_model(out_dir)
     train_imgs, all_imgs = _train_images(sdir, trained)
-    u = unit_mei(model, train_imgs, all_imgs, mei_config(mei))
+    u = unit_mei(model, train_imgs, all_imgs, MEIParams.from_dict(mei).config())
     values = u.values()
     values["best_image_frame"] = int(load_npz(sdir / "images.npz")["frames"][u.best])
     truth = _truth(info, sdir)
