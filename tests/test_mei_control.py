@@ -1,7 +1,7 @@
 """Positive control of the MEI pipeline on TRAINED models (issue #5).
 
 A data-rich simulated session (1000 images x 8 repeats, 3 simple + 3 complex + 1 untuned unit,
-the `rich` session of tests/test_train.py) is fitted with one CNN per tuned unit on a 24 px
+the `rich` session of tests/test_models_fit.py) is fitted with one CNN per tuned unit on a 24 px
 crop around the unit's true RF centre (mapping the centre is rfmap's job, tested elsewhere).
 Each unit's MEI is synthesised on that model, and compared with the true neuron exactly as
 :func:`meireport.report.stages.mei_stage` does it: the training images set the footing
@@ -37,7 +37,7 @@ from meireport.trust import complex_like, mei_agreement
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
-CORE = CoreConfig(hidden_channels=8, layers=2, input_kern=9)  # test_train.py's control core
+CORE = CoreConfig(hidden_channels=8, layers=2, input_kern=9)  # test_models_fit.py's control core
 MODEL = CNNConfig(core=CORE, crop_size=(24, 24))
 TRAIN = TrainConfig(batch_size=32, n_boot=200, n_new_images=300)
 # what the params' mei section gives for n_starts=2, with fewer steps than its default
@@ -46,7 +46,7 @@ PHASES = np.linspace(0, 2 * np.pi, 8, endpoint=False)
 # A simple cell is half-rectified: half the images leave it at baseline, so its information is
 # in the spikes of the few images that drive it. With a 99th-percentile true rate under
 # 30 spikes/s (under ~7 spikes per 250 ms presentation at its best images, overdispersed) the
-# fit is noise-limited whatever the pipeline does; test_train.py's control uses the same cut.
+# fit is noise-limited whatever the pipeline does; test_models_fit.py's control uses the same cut.
 STRONG_SIMPLE_PEAK = 30.0
 
 
@@ -125,7 +125,7 @@ def control(rich_control_session):
 
 
 def test_models_recover_the_true_neurons(control):
-    """Precondition: a bad MEI below should not be a bad fit (test_train.py's thresholds)."""
+    """Precondition: a bad MEI below should not be a bad fit (test_models_fit.py's thresholds)."""
     strong = control[(control["kind"] == "complex") | (control["peak_rate"] >= STRONG_SIMPLE_PEAK)]
     simple = strong[strong["kind"] == "simple"]
     assert len(control) == 6 and len(simple) >= 2

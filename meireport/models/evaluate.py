@@ -52,7 +52,7 @@ def bootstrap_corr_ci(
     simulated units its 90 % interval covered the true-rate correlation 79-84 % of the time.
     The *expanded* percentile interval (Hesterberg 2015, "What teachers should know about the
     bootstrap") takes the quantiles at ``Phi(-sqrt(n / (n - 1)) t_{n-1, 1 - alpha/2})`` instead
-    of ``alpha / 2``, which brought the coverage to 82-88 % (``tests/test_limits.py``).
+    of ``alpha / 2``, which brought the coverage to 82-88 % (``tests/test_report_limits.py``).
 
     Examples
     --------
