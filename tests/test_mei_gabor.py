@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from meireport.errors import MeireportError
 from meireport.mei import (
@@ -28,12 +27,9 @@ from meireport.stimuli import ScreenGeometry, render_gabor
 GEOM = ScreenGeometry()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test of this module with torch on one thread (conftest)."""
 
 
 def circ_diff(a, b, period=180.0):

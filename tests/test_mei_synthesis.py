@@ -50,12 +50,9 @@ GEOM = ScreenGeometry()
 FAST = MEIConfig(steps=120)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test of this module with torch on one thread (conftest)."""
 
 
 @pytest.fixture(scope="module")
