@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from meireport.errors import MeireportError
 
 __all__ = [
     "atomic_path",
+    "is_leftover_temp",
+    "remove_leftover_temps",
     "save_npz",
     "load_npz",
     "save_json",
@@ -59,6 +63,61 @@ def atomic_path(path, suffix: str = ""):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+#: Names of the temporary files of an atomic write (:func:`atomic_path`:
+#: ``.<name>.<random>.tmp<suffix>``; the fixed ``.<name>.tmp`` of the model checkpoint and the
+#: simulator) and of the temporary folders of a site build or a simulation. A process killed in
+#: the middle of a write leaves them behind; nothing else in a run folder is named so.
+_TEMP_FILE = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+_TEMP_DIR = re.compile(r"^\.(book-build-[a-z0-9_]+|book-old|meireport-sim-[a-z0-9_]+)$")
+
+
+def is_leftover_temp(path) -> bool:
+    """Whether ``path`` is named like a temporary file or folder of an interrupted write.
+
+    Examples
+    --------
+    >>> is_leftover_temp("r/.07_limits.ipynb.k2j4_x9a.tmp.ipynb"), is_leftover_temp("mei.npy")
+    (True, False)
+    >>> is_leftover_temp(".book-build-abc123")
+    True
+    """
+    name = Path(path).name
+    return bool(_TEMP_FILE.match(name) or _TEMP_DIR.match(name))
+
+
+def remove_leftover_temps(folder) -> list[Path]:
+    """Delete the temporary files and folders of interrupted writes under ``folder``.
+
+    Call it only while no other process writes into ``folder`` (hold its lock): a temporary
+    file of a write in progress looks the same.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / ".mei.npy.abcd1234.tmp").write_text("half")
+    >>> _ = (d / "mei.npy").write_text("whole")
+    >>> [p.name for p in remove_leftover_temps(d)], sorted(p.name for p in d.iterdir())
+    (['.mei.npy.abcd1234.tmp'], ['mei.npy'])
+    """
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for name in [d for d in dirs if _TEMP_DIR.match(d)]:
+            dirs.remove(name)
+            shutil.rmtree(Path(root) / name, ignore_errors=True)
+            removed.append(Path(root) / name)
+        for name in files:
+            if _TEMP_FILE.match(name):
+                Path(root, name).unlink(missing_ok=True)
+                removed.append(Path(root) / name)
+    return removed
 
 
 def _write(path, writer: Callable[[Path], None], suffix: str = "") -> Path:
@@ -130,11 +189,22 @@ def save_json(path, obj) -> Path:
 
 
 def load_json(path):
-    """Read a JSON artifact."""
+    """Read a JSON artifact.
+
+    Raises
+    ------
+    MeireportError
+        The file does not exist, or is not JSON (naming the file and where it breaks).
+    """
     p = Path(path)
     if not p.is_file():
         raise MeireportError(f"artifact: {p} does not exist")
-    return json.loads(p.read_text())
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise MeireportError(f"artifact: {p} is not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise MeireportError(f"artifact: {p} is not valid JSON (not UTF-8 text)") from None
 
 
 def save_csv(path, df: pd.DataFrame, index: bool = True) -> Path:

@@ -2,7 +2,9 @@
 
 The site is built in a temporary folder inside the run folder and swapped in only when the build
 succeeded, so a failed build never leaves half a site. It loads nothing from the internet
-(MathJax is served from the site itself by ``sphinx-mathjax-offline``).
+(MathJax is served from the site itself by ``sphinx-mathjax-offline``). The build holds the run
+folder's lock (:func:`meireport.report.run.run_folder_lock`). The ``book/`` folder it makes is
+marked (:data:`BOOK_MARK`); a ``book/`` without the mark is never replaced.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from pathlib import Path
 
 import yaml
 
+import meireport
+from meireport.artifacts import save_json
 from meireport.errors import MeireportError
-from meireport.report.run import RUN_LEVEL_ID, STAGES, load_run
+from meireport.report.run import RUN_LEVEL_ID, STAGES, load_run, run_folder_lock
 
-__all__ = ["build_book", "book_index", "BOOK_TEMPLATE_DIR"]
+__all__ = ["build_book", "book_index", "task_page", "BOOK_TEMPLATE_DIR", "BOOK_MARK"]
 
 #: Site pages shipped with the package (package data, present in a wheel install too).
 BOOK_TEMPLATE_DIR = Path(__file__).resolve().parent / "pages"
 #: `nox -s bench` writes it into a source checkout: the book shows it as a "Performance" page
 #: when it exists (an installed package has none, and the page is left out).
 BENCH_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.md"
+#: Marks a ``book/`` folder built by :func:`build_book` (only such a folder is replaced).
+BOOK_MARK = ".meireport-book.json"
+_BOOK = {"format": "meireport book", "version": 1}
 _HIDDEN_TAGS = {"injected-parameters", "parameters"}
 _STAGE_TITLES = {
     "extract": "Extraction", "select": "Neuron selection", "train": "Model training",
@@ -63,7 +70,11 @@ def _clean_notebook(src: Path, dst: Path, title: str | None = None) -> None:
     """Copy an executed notebook, removing the parameter cells; optionally retitle the page."""
     import nbformat
 
-    nb = nbformat.read(src, as_version=4)
+    try:
+        nb = nbformat.read(src, as_version=4)
+    except Exception as e:  # any reader error: the file is not a notebook
+        raise MeireportError(f"book: {src} is not a readable notebook ({type(e).__name__}); "
+                             "rerun `meireport run` to execute it again") from None
     if title:
         first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
         if first is not None and first.source.startswith("# "):
@@ -87,7 +98,38 @@ def _failure_page(dst: Path, title: str, rows: list[dict]) -> None:
     dst.write_text("\n".join(lines) + "\n")
 
 
-def _session_entries(src: Path, run_dir: Path, sid: int, results: list[dict]) -> dict:
+def _shows_notebook(r: dict) -> bool:
+    """Whether the site shows the task's executed notebook, not a page saying what failed.
+
+    A session's notebook is shown even when it failed (its error is in it); a neuron's or the
+    run-level chapter's only when it succeeded.
+    """
+    nb = r.get("notebook")
+    if not nb or not Path(nb).is_file():
+        return False
+    session_level = r["unit_id"] is None and r["session_id"] != RUN_LEVEL_ID
+    return session_level or r["status"] in ("ok", "cached")
+
+
+def task_page(r: dict) -> str:
+    """The site page (relative to the site, no suffix) that shows a task of ``run.json``.
+
+    Examples
+    --------
+    >>> task_page({"stage": "train", "session_id": 7, "unit_id": 3, "status": "failed",
+    ...            "notebook": None})
+    'sessions/7/units/3/failed'
+    """
+    sid, uid, st = r["session_id"], r["unit_id"], r["stage"]
+    stem = Path(r["notebook"]).stem if _shows_notebook(r) else None
+    if sid == RUN_LEVEL_ID:
+        return f"limits/{stem or st + '_failed'}"
+    if uid is None:
+        return f"sessions/{sid}/{stem or st + '_failed'}"
+    return f"sessions/{sid}/units/{uid}/{stem or 'failed'}"
+
+
+def _session_entries(src: Path, sid: int, results: list[dict]) -> dict:
     """Copy one session's notebooks into the book source; return its toc part."""
     sres = [r for r in results if r["session_id"] == sid]
     chapters = []
@@ -96,12 +138,11 @@ def _session_entries(src: Path, run_dir: Path, sid: int, results: list[dict]) ->
         r = next((x for x in sres if x["stage"] == st and x["unit_id"] is None), None)
         if r is None:
             continue
-        rel = f"sessions/{sid}/{Path(r['notebook']).stem}" if r.get("notebook") else None
-        if rel and Path(r["notebook"]).is_file():
+        rel = task_page(r)
+        if _shows_notebook(r):
             _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb")
             chapters.append({"file": rel, "title": _STAGE_TITLES[st]})
         else:
-            rel = f"sessions/{sid}/{st}_failed"
             _failure_page(src / f"{rel}.md", f"{_STAGE_TITLES[st]} failed", [r])
             chapters.append({"file": rel})
     units = sorted({r["unit_id"] for r in sres if r["unit_id"] is not None})
@@ -110,15 +151,13 @@ def _session_entries(src: Path, run_dir: Path, sid: int, results: list[dict]) ->
                       key=lambda r: stage_order.index(r["stage"]))
         pages = []
         for r in ures:
-            nb = Path(r["notebook"]) if r.get("notebook") else None
-            if r["status"] in ("ok", "cached") and nb is not None and nb.is_file():
-                rel = f"sessions/{sid}/units/{uid}/{nb.stem}"
-                title = f"Neuron {uid}: {_STAGE_TITLES[r['stage']]}"
-                _clean_notebook(nb, src / f"{rel}.ipynb", title)
+            if _shows_notebook(r):
+                rel, title = task_page(r), f"Neuron {uid}: {_STAGE_TITLES[r['stage']]}"
+                _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb", title)
                 pages.append({"file": rel, "title": title})
         bad = [r for r in ures if r["status"] in ("failed", "skipped")]
         if bad:
-            rel = f"sessions/{sid}/units/{uid}/failed"
+            rel = task_page(bad[0])
             _failure_page(src / f"{rel}.md", f"Neuron {uid}: what failed", bad)
             pages.append({"file": rel, "title": f"Neuron {uid}: failed"})
         if pages:
@@ -135,12 +174,11 @@ def _run_level_entries(src: Path, results: list[dict]) -> list[dict]:
     for r in results:
         if r["stage"] not in _STAGE_TITLES or r["session_id"] != RUN_LEVEL_ID:
             continue
-        nb = Path(r["notebook"]) if r.get("notebook") else None
-        if r["status"] in ("ok", "cached") and nb is not None and nb.is_file():
-            _clean_notebook(nb, src / "limits" / nb.name)
-            chapters.append({"file": f"limits/{nb.stem}", "title": _STAGE_TITLES[r["stage"]]})
+        rel = task_page(r)
+        if _shows_notebook(r):
+            _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb")
+            chapters.append({"file": rel, "title": _STAGE_TITLES[r["stage"]]})
         else:
-            rel = f"limits/{r['stage']}_failed"
             _failure_page(src / f"{rel}.md", f"{_STAGE_TITLES[r['stage']]} failed", [r])
             chapters.append({"file": rel})
     return chapters
@@ -159,8 +197,9 @@ def _performance_page(src: Path, run_dir: Path) -> list[str]:
     return ["performance.md"]
 
 
-def _write_source(src: Path, run_dir: Path) -> None:
-    run = load_run(run_dir)
+def _write_source(src: Path, run_dir: Path, run: dict | None = None) -> None:
+    """Write the book source of a run (its ``run.json``, read here unless given) into ``src``."""
+    run = run if run is not None else load_run(run_dir)
     title = run["params"].get("title") or "meireport"
     for name in ("intro.md", "methods.md"):
         f = BOOK_TEMPLATE_DIR / name
@@ -174,7 +213,7 @@ def _write_source(src: Path, run_dir: Path) -> None:
     if limits:
         parts.append({"caption": "How far to trust it", "chapters": limits})
     for sid in run["session_ids"]:
-        parts.append(_session_entries(src, run_dir, int(sid), run["results"]))
+        parts.append(_session_entries(src, int(sid), run["results"]))
     if extra:
         parts.append({"caption": "About", "chapters": [{"file": Path(p).stem} for p in extra]})
     toc = {"format": "jb-book", "root": "intro", "parts": parts}
@@ -187,37 +226,75 @@ def book_index(run_dir) -> Path:
     return Path(run_dir).resolve() / "book" / "_build" / "html" / "index.html"
 
 
+def _is_own_book(book: Path) -> bool:
+    """Whether ``book`` was built by :func:`build_book` (marked; or built before the mark was)."""
+    if (book / BOOK_MARK).is_file():
+        return True
+    config = book / "_config.yml"
+    return config.is_file() and "Built by meireport." in config.read_text(errors="replace")
+
+
+def _check_replaceable(book: Path) -> None:
+    if book.is_symlink() or (book.exists() and not (book.is_dir() and _is_own_book(book))):
+        raise MeireportError(
+            f"book: {book} exists and was not built by meireport (no {BOOK_MARK}); expected "
+            "no book/ there or one made by `meireport build`; move it away to build the site")
+
+
+def _jupyter_book(src: Path, quiet: bool) -> None:
+    """Run ``jupyter-book build`` on ``src``; one line quoting its last lines if it fails."""
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
+           "build", str(src), "--builder", "html"]
+    if quiet:
+        cmd.append("--quiet")
+    env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not (src / "_build" / "html" / "index.html").is_file():
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise MeireportError(f"jupyter-book build failed: {tail}")
+
+
+def _swap(src: Path, final: Path, run_dir: Path) -> None:
+    """Put the built ``src`` in place of ``final`` (the old book is removed after the rename)."""
+    old = run_dir / ".book-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(src, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def build_book(run_dir, quiet: bool = True) -> Path:
     """Build ``RUN_DIR/book/_build/html`` from a finished run; returns ``index.html``.
+
+    Holds the run folder's lock while it builds; replaces only a ``book/`` it built itself.
 
     Raises
     ------
     MeireportError
-        The run folder has no run, or Jupyter Book failed (its last lines are quoted).
+        One line: the run folder or its ``run.json`` is missing or broken, the folder is not
+        writable, its ``book/`` was not built by meireport, an executed notebook is not
+        readable, or Jupyter Book failed (its last lines are quoted).
+    RunFolderBusy
+        Another process is writing into the run folder.
     """
     run_dir = Path(run_dir).expanduser().resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=".book-build-", dir=run_dir))
-    try:
-        src = tmp / "book"
-        src.mkdir()
-        _write_source(src, run_dir)
-        cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
-               "build", str(src), "--builder", "html"]
-        if quiet:
-            cmd.append("--quiet")
-        env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        index = src / "_build" / "html" / "index.html"
-        if proc.returncode != 0 or not index.is_file():
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise MeireportError(f"jupyter-book build failed: {tail}")
+    run = load_run(run_dir)
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise MeireportError(f"run_dir: {run_dir} is not writable (permission denied); "
+                             "expected a run folder this user can write (the site is built "
+                             "inside it)")
+    with run_folder_lock(run_dir, "run_dir"):
         final = run_dir / "book"
-        old = run_dir / ".book-old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(src, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _check_replaceable(final)
+        tmp = Path(tempfile.mkdtemp(prefix=".book-build-", dir=run_dir))
+        try:
+            src = tmp / "book"
+            src.mkdir()
+            _write_source(src, run_dir, run)
+            _jupyter_book(src, quiet)
+            save_json(src / BOOK_MARK, _BOOK | {"built_by": meireport.__version__})
+            _swap(src, final, run_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return book_index(run_dir)

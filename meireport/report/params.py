@@ -3,7 +3,15 @@
 A bad file gives one line per bad field, named by its path, e.g.
 ``mei.steps: expected an integer >= 1, got -5``. Unknown fields are errors (typos do not pass
 silently); a field renamed since an earlier release says its new name. Relative paths are resolved
-against the folder of the params file.
+against the folder of the params file (``~`` is expanded).
+
+Types are strict where a lax parse would change what was written: an integer field takes an
+integer only (``steps: true`` or ``steps: 2.5`` is an error, not 1 or 2), a yes/no field takes
+``true`` or ``false`` only, and a number field takes an integer or a float but not ``true``.
+Every number must be finite (``.nan`` and ``.inf`` are errors). Whether ``source.path`` exists
+and holds what its ``kind`` needs is checked when a run starts
+(:func:`meireport.sources.from_params.ensure_source`), not here: a params file can be loaded
+before its cache is fetched.
 
 Each section that configures the library is that library configuration, field for field: the
 ``train`` and ``trust`` sections *are* :class:`meireport.models.TrainConfig` and
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -30,12 +39,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     ValidationError,
     WrapValidator,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from meireport.errors import MeireportError
 from meireport.mei import GaborSearchConfig, MEIConfig, default_starts
@@ -82,9 +92,58 @@ RENAMED = {
 }
 
 
+def _number_not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # bool is an int subclass: lax float parsing takes True as 1.0
+        raise PydanticCustomError("float_type", "Input should be a valid number")
+    return value
+
+
+def _strict_numbers(schema: CoreSchema, handler: GetCoreSchemaHandler) -> CoreSchema:
+    """Make a core schema's numbers strict, in place (the library configs' fields included).
+
+    Integers and booleans validate in strict mode (no ``True`` -> 1, ``2.0`` -> 2, ``1`` ->
+    True, ``"5"`` -> 5); floats reject booleans and NaN/inf but still take integers and numeric
+    text (PyYAML reads ``1e-3`` as text).
+    """
+    stack: list[Any] = [schema]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list | tuple):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        kind = node.get("type")
+        if kind in ("int", "bool"):
+            node["strict"] = True
+        elif kind == "float":
+            inner = dict(node, allow_inf_nan=False)
+            node.clear()
+            node.update(core_schema.no_info_before_validator_function(_number_not_bool, inner))
+            continue
+        elif kind == "function-before" and node["function"].get("function") is _number_not_bool:
+            continue  # patched already (a nested section's schema is reused)
+        elif kind == "definition-ref":  # a dataclass' schema lives among the definitions
+            try:
+                stack.append(handler.resolve_ref_schema(node))
+            except LookupError:
+                pass
+            continue
+        stack.extend(v for k, v in node.items() if k not in ("serialization", "metadata",
+                                                             "function"))
+    return schema
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     _section: ClassVar[str] = "params"  # the section's name in a params file
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler
+                                     ) -> CoreSchema:
+        return _strict_numbers(handler(source), handler)
 
     @classmethod
     def from_dict(cls, d: Mapping | None = None) -> Self:
@@ -198,6 +257,15 @@ class SourceParams(_Section):
     seed: int = Field(0, description="simulated only: seed of units and spikes")
     n_images: int = Field(118, ge=2, description="simulated only: natural images")
     n_repeats: int = Field(50, ge=1, description="simulated only: repeats per image")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_text(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("expected a path, got an empty text")
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError(f"expected a path, got {v!r} (holds a NUL character)")
+        return v
 
     @model_validator(mode="after")
     def _path_needed(self) -> SourceParams:
@@ -433,10 +501,14 @@ class RunParams(_Section):
     timeout_s: int = Field(3600, gt=0, description="per-cell execution timeout")
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 class Params(_Section):
     """A whole report run."""
 
-    name: str = Field("report", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("report", description="run folder name (runs/<name>): a plain folder name",
+                      max_length=100)
     title: str = "meireport"
     source: SourceParams
     extract: ExtractParams = ExtractParams()
@@ -450,6 +522,15 @@ class Params(_Section):
     run: RunParams = RunParams()
     limits: LimitsParams = LimitsParams()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, v: str) -> str:
+        if not _NAME.fullmatch(v) or not v.strip("."):
+            raise ValueError(
+                "expected a plain folder name (letters A-Z a-z, digits, '_', '-' and '.', "
+                f"not only dots, no '/'), got {v!r}")
+        return v
+
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (paths as strings)."""
         return json.loads(self.model_dump_json())
@@ -458,12 +539,23 @@ class Params(_Section):
 _BOUND_WORDS = {
     "greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<=",
 }
+#: What a field of a type expects, for the type errors pydantic raises.
+_EXPECTED = {
+    "int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "float_type": "a number", "finite_number": "a finite number",
+    "string_type": "text", "list_type": "a list", "tuple_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "dataclass_type": "a mapping",
+    "path_type": "a path",
+}
 
 
 def _message(err: dict, prefix: tuple[str, ...] = ()) -> str:
     """One line for one pydantic error: the field's dotted path, what is wrong, the value."""
-    path = [*prefix, *(str(p) for p in err["loc"] if not str(p).startswith("function-"))]
-    loc = ".".join(path)
+    loc = ""
+    for part in (*prefix, *(p for p in err["loc"] if not str(p).startswith("function-"))):
+        # a list item by its index: extract.window[1]
+        loc += f"[{part}]" if isinstance(part, int) else f".{part}" if loc else str(part)
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if kind in _BOUND_WORDS:
         bound = next(iter(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le")))
@@ -474,6 +566,10 @@ def _message(err: dict, prefix: tuple[str, ...] = ()) -> str:
         return f"{loc}: unknown field (check the spelling), got {got!r}"
     if kind == "missing":
         return f"{loc}: required field is missing"
+    if kind in _EXPECTED:
+        return f"{loc}: expected {_EXPECTED[kind]}, got {got!r}"
+    if kind == "string_too_long":
+        return f"{loc}: expected at most {ctx.get('max_length')} characters, got {got!r}"
     if kind == "literal_error":
         return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "library":  # a library config's own check, located at the field
@@ -521,22 +617,45 @@ def parse_params(data: dict, base_dir: Path | None = None) -> Params:
         p = Params.model_validate(data)
     except ValidationError as e:
         raise MeireportError(_lines(e)) from None
-    if p.source.path is not None and base_dir is not None and not p.source.path.is_absolute():
-        src = p.source.model_copy(update={"path": (Path(base_dir) / p.source.path).resolve()})
+    if p.source.path is not None:  # absolute: a notebook's working folder is not this one
+        path = p.source.path.expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir if base_dir is not None else Path.cwd()) / path
+        src = p.source.model_copy(update={"path": path.resolve()})
         p = p.model_copy(update={"source": src})
     return p
 
 
 def load_params(path) -> Params:
-    """Read and validate a params YAML file (``yaml.safe_load``; nothing in it is executed)."""
+    """Read and validate a params YAML file (``yaml.safe_load``; nothing in it is executed).
+
+    Raises
+    ------
+    MeireportError
+        One line: the file does not exist, is a folder, cannot be read, is not UTF-8 text or
+        not valid YAML; or one line per bad field (:func:`parse_params`).
+    """
     f = Path(path).expanduser().resolve()
-    if not f.is_file():
+    if not f.exists():
         raise MeireportError(f"params: {f} does not exist")
+    if not f.is_file():
+        raise MeireportError(f"params: {f} is not a file; expected a params YAML file")
     try:
-        data = yaml.safe_load(f.read_text())
+        raw = f.read_bytes()
+    except OSError as e:
+        raise MeireportError(f"params: {f} cannot be read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise MeireportError(
+            f"params: {f} is not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+            "save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise MeireportError(f"params: {f} is not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_params(data or {}, base_dir=f.parent)
+    return parse_params(data if data is not None else {}, base_dir=f.parent)
 
 
 def section_hash(*parts: Any) -> str:

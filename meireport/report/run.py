@@ -5,18 +5,29 @@ reads and writes. Session-level stages run first, then the per-neuron stages of 
 neuron, then the session summary. Each execution is cached by a hash of (the params sections it
 sees, the template notebook, the package source, its input artifacts): a rerun with nothing
 changed executes nothing, a change re-executes only what depends on it. A failing notebook (an
-exception, a dead kernel, a timeout) is recorded with its error and does not stop the others.
+exception, a dead kernel, a timeout) is recorded with its error and does not stop the others
+(unless ``strict``).
+
+A run folder is marked when first used (``.meireport/folder.json``, :func:`check_run_folder`):
+a run never writes into a non-empty folder without that mark. One process at a time writes into
+a run folder: :func:`run_folder_lock` holds an OS lock (``fcntl.flock`` on
+``.meireport/lock``, which holds the owner's pid) for the whole run or site build; the kernel
+releases it when its process dies, so a killed run never blocks the next one, which removes the
+temporary files the killed one left behind.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,7 +35,13 @@ from pathlib import Path
 import pandas as pd
 
 import meireport
-from meireport.artifacts import atomic_path, file_sha256, load_csv, load_json, save_json
+from meireport.artifacts import (
+    atomic_path,
+    file_sha256,
+    load_csv,
+    remove_leftover_temps,
+    save_json,
+)
 from meireport.errors import MeireportError
 from meireport.report.params import Params, load_params, section_hash
 
@@ -39,9 +56,21 @@ __all__ = [
     "plan_run_tasks",
     "choose_neurons",
     "execute_task",
+    "NotebookKernel",
+    "RunFolder",
+    "RunFolderBusy",
+    "check_run_folder",
+    "run_folder_lock",
+    "open_run",
+    "execute_run",
     "run",
+    "load_run",
     "NOTEBOOK_DIR",
+    "MARK_FILE",
+    "LOCK_FILE",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Template notebooks shipped with the package (package data).
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
@@ -178,6 +207,10 @@ class RunResult:
 
     run_dir: Path
     results: list[TaskResult] = field(default_factory=list)
+    #: One line per thing worth knowing that is not a task's outcome (a corrupt cache record...).
+    notes: list[str] = field(default_factory=list)
+    #: True when ``strict`` stopped the run at its first failed task.
+    stopped: bool = False
 
     @property
     def executed(self) -> list[TaskResult]:
@@ -278,25 +311,50 @@ def _task_key(task: Task) -> str | None:
     return section_hash(task.stage, file_sha256(task.template), package_hash(), params, hashes)
 
 
-def _is_cached(run_dir: Path, task: Task) -> bool:
-    f = _cache_file(run_dir, task)
+def _note(notes: list[str], text: str) -> None:
+    """Record one line worth knowing and log it (the CLI prints it on stderr)."""
+    notes.append(text)
+    _log.warning(text)
+
+
+def _read_record(f: Path, task: Task, notes: list[str]) -> dict | None:
+    """A task's cache record; None when there is none or it is corrupt (a miss, noted)."""
     if not f.is_file():
-        return False
-    rec = json.loads(f.read_text())
-    if rec.get("key") != task.key or rec.get("status") != "ok":
+        return None
+    try:
+        rec = json.loads(f.read_text())
+    except OSError as e:
+        rec, problem = None, f"cannot be read ({e.strerror})"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        rec, problem = None, f"is not valid JSON ({e})"
+    else:
+        problem = "is not a cache record (expected an object with key, status, outputs)"
+    if not (isinstance(rec, dict) and isinstance(rec.get("outputs", {}), dict)):
+        _note(notes, f"cache record {f} {problem}; re-executing {task.task_id}")
+        return None
+    return rec
+
+
+def _is_cached(run_dir: Path, task: Task, notes: list[str]) -> bool:
+    """Whether the task's record matches its key and its outputs and notebook are unchanged."""
+    rec = _read_record(_cache_file(run_dir, task), task, notes)
+    if rec is None or rec.get("key") != task.key or rec.get("status") != "ok":
         return False
     for name, digest in rec.get("outputs", {}).items():
         p = Path(task.outputs.get(name, ""))
         if not p.is_file() or file_sha256(p) != digest:
             return False
-    return Path(task.output).is_file()
+    nb = Path(task.output)
+    return nb.is_file() and rec.get("notebook") == file_sha256(nb)
 
 
 def _record(run_dir: Path, task: Task, res: TaskResult) -> None:
     outs = {n: file_sha256(p) for n, p in task.outputs.items() if Path(p).is_file()}
-    save_json(_cache_file(run_dir, task), {"key": task.key, "status": res.status,
-                                           "outputs": outs, "error": res.error,
-                                           "seconds": res.seconds})
+    nb = Path(task.output)
+    save_json(_cache_file(run_dir, task), {
+        "key": task.key, "status": res.status, "outputs": outs,
+        "notebook": file_sha256(nb) if res.status != "skipped" and nb.is_file() else None,
+        "error": res.error, "seconds": res.seconds})
 
 
 # -------------------------------------------------------------------------------------------
@@ -310,24 +368,108 @@ def _short_error(exc: BaseException) -> str:
     return f"{name}: {text[-1] if text else ''}"
 
 
+#: A Unix socket path is at most 107 bytes; the kernel's IPC sockets are named after its
+#: connection file, a temporary file (``tmpXXXXXXXX-ipc-<n>``).
+_IPC_PATH_MAX = 100
+
+
+@lru_cache(maxsize=1)
+def _quiet_kernel_manager() -> type:
+    """The kernel manager class behind :class:`NotebookKernel` (imports Jupyter on first use)."""
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    socket = os.path.join(tempfile.gettempdir(), "tmpxxxxxxxx-ipc-99999")
+    ipc = len(socket.encode()) < _IPC_PATH_MAX
+
+    class QuietKernelManager(AsyncKernelManager):
+        """:class:`AsyncKernelManager` on IPC transport, shut down without SIGINT."""
+
+        #: Whether the kernel is known to be idle, between cells (set by NotebookKernel).
+        kernel_idle: Callable[[], bool] = staticmethod(lambda: False)
+
+        @default("transport")
+        def _default_transport(self) -> str:
+            return "ipc" if ipc else "tcp"
+
+        async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+            # a kernel starting or in a cell (a timeout, a SIGINT of the run) is abandoned: killed
+            await super().shutdown_kernel(now=now or not self.kernel_idle(), restart=restart)
+
+        async def _async_interrupt_kernel(self) -> None:
+            if self.shutting_down:  # idle: asked to shut down; busy: killed
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
+class NotebookKernel:
+    """The kernel of one notebook execution: quiet on a healthy run, never left running.
+
+    :meth:`options` are papermill's options for it. The kernel listens on IPC transport (local
+    Unix sockets: it does not warn that it runs over TCP without encryption) when the
+    temporary folder's path leaves room for the socket names. At shutdown, jupyter_client
+    interrupts a kernel with SIGINT before it asks it to shut down; a signal that lands while
+    the kernel finishes a message logs "KeyboardInterrupt caught in kernel", one that lands in a
+    cell races the shutdown (the kernel logs a traceback). So a finished notebook's idle kernel
+    is only asked to shut down, and a kernel still starting or in a cell (a timeout, a SIGINT of
+    the run) is killed: that notebook is abandoned, and its task records the failure or the
+    interruption as before. :meth:`kill` ends a kernel that papermill leaves running when the
+    run is interrupted while the kernel starts.
+    """
+
+    def __init__(self) -> None:
+        self.idle = False
+        self.managers: list = []
+
+    def options(self) -> dict:
+        """``kernel_manager_class`` and the cell hooks that track whether the kernel is idle."""
+        owner = self
+
+        def init(km, **kw) -> None:
+            super(manager, km).__init__(**kw)
+            owner.managers.append(km)
+
+        manager = type("NotebookKernelManager", (_quiet_kernel_manager(),),
+                       {"__init__": init, "kernel_idle": staticmethod(lambda: owner.idle)})
+        return {"kernel_manager_class": manager,
+                "on_cell_execute": lambda **_: setattr(owner, "idle", False),
+                "on_cell_executed": lambda **_: setattr(owner, "idle", True)}
+
+    def kill(self) -> None:
+        """SIGKILL every kernel of this execution that still runs."""
+        for km in self.managers:
+            proc = getattr(getattr(km, "provisioner", None), "process", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def execute_task(task: Task) -> TaskResult:
     """Execute one notebook with papermill (picklable: runs in pool or Dask workers).
 
     The executed notebook is written atomically beside the task's outputs, also when it fails
-    (so the report can show the error).
+    (so the report can show the error). The kernel is quiet (:class:`NotebookKernel`).
     """
     import papermill as pm
 
     t0 = time.perf_counter()
     Path(task.workdir).mkdir(parents=True, exist_ok=True)
     error = None
+    kernel = NotebookKernel()
     with atomic_path(task.output, ".ipynb") as tmp:
         try:
             pm.execute_notebook(
                 task.template, str(tmp), parameters=task.parameters, cwd=task.workdir,
                 progress_bar=False, log_output=False, execution_timeout=task.timeout_s,
-                kernel_name="python3",
+                kernel_name="python3", **kernel.options(),
             )
+        except KeyboardInterrupt:
+            kernel.kill()  # interrupted while the kernel started: papermill leaves it running
+            raise
         except Exception as exc:  # a failing notebook must not stop the others
             error = _short_error(exc)
             if not tmp.exists() or tmp.stat().st_size == 0:
@@ -371,11 +513,15 @@ def _runner(workers: int, scheduler: str | None):
         for fut in as_completed(futures):
             yield fut.result()
 
-    return submit_all, pool.shutdown
+    return submit_all, lambda: pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_wave(run_dir: Path, tasks: list[Task], submit_all: Callable, bar) -> list[TaskResult]:
-    """Run tasks that do not depend on each other; cached ones are skipped."""
+def _run_wave(run_dir: Path, tasks: list[Task], submit_all: Callable, bar,
+              notes: list[str], strict: bool = False) -> list[TaskResult]:
+    """Run tasks that do not depend on each other; cached ones are skipped.
+
+    With ``strict``, no further task of the wave is waited for after the first failure.
+    """
     results, todo = [], []
     for t in tasks:
         t.key = _task_key(t) or ""
@@ -386,18 +532,22 @@ def _run_wave(run_dir: Path, tasks: list[Task], submit_all: Callable, bar) -> li
             _record(run_dir, t, res)
             results.append(res)
             bar.update()
-        elif _is_cached(run_dir, t):
+        elif _is_cached(run_dir, t, notes):
             results.append(TaskResult(t.task_id, t.stage, t.session_id, t.unit_id, "cached",
                                       notebook=t.output))
             bar.update()
         else:
             todo.append(t)
+    if strict and any(r.status == "skipped" for r in results):
+        return results
     by_id = {t.task_id: t for t in todo}
     for res in submit_all(todo):
         _record(run_dir, by_id[res.task_id], res)
         results.append(res)
         bar.set_postfix_str(f"{res.task_id} {res.status}")
         bar.update()
+        if strict and res.status == "failed":
+            break
     return results
 
 
@@ -416,6 +566,288 @@ def _write_status(sdir: Path, results: list[TaskResult]) -> None:
     save_json(sdir / "status.json", rows)
 
 
+# -------------------------------------------------------------------------------------------
+# the run folder: its mark, its lock, what a killed run left behind
+# -------------------------------------------------------------------------------------------
+#: Marks a run folder (written when ``run`` first uses the folder).
+MARK_FILE = Path(".meireport") / "folder.json"
+#: The run folder's lock (``fcntl.flock``); holds the owner's pid.
+LOCK_FILE = Path(".meireport") / "lock"
+_MARK = {"format": "meireport run folder", "version": 1}
+_HELD: dict[Path, list[int]] = {}  # run folder -> [lock fd, depth] of the locks this process holds
+
+
+class RunFolderBusy(MeireportError):
+    """Another process holds the run folder's lock (``meireport`` exits with status 4)."""
+
+    exit_status = 4
+
+
+def _mark_problem(f: Path) -> str | None:
+    """What is wrong with a run folder's mark, or None."""
+    try:
+        mark = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"is not a valid run-folder mark ({type(e).__name__}); expected {json.dumps(_MARK)}"
+    if not isinstance(mark, dict) or mark.get("format") != _MARK["format"]:
+        return f"is not a run-folder mark; expected {json.dumps(_MARK)}"
+    version = mark.get("version")
+    if not isinstance(version, int) or version > _MARK["version"]:
+        return (f"has format version {version!r}; this meireport reads version "
+                f"{_MARK['version']} (upgrade meireport)")
+    return None
+
+
+def _check_writable(folder: Path, what: str, target: Path) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MeireportError(f"{what}: {folder} is not writable (permission denied); "
+                             f"expected a folder this user can write to hold {target}")
+
+
+def check_run_folder(run_dir: Path, what: str = "--out") -> None:
+    """Check, writing nothing, that ``run`` may use ``run_dir``.
+
+    Accepted: a folder that does not exist yet (its nearest existing parent writable), an empty
+    one, or a run folder: one marked by :data:`MARK_FILE`, or made by an earlier meireport (it
+    has ``.meireport/cache``, marked on first use).
+
+    Raises
+    ------
+    MeireportError
+        One line naming the folder and what was expected.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MeireportError(f"{what}: {run_dir} is a file; expected a run folder")
+    if not run_dir.exists():
+        parent = next(p for p in run_dir.parents if p.exists())
+        if not parent.is_dir():
+            raise MeireportError(f"{what}: {parent} is a file; cannot make the run folder "
+                                 f"{run_dir} inside it")
+        _check_writable(parent, what, run_dir)
+        return
+    _check_writable(run_dir, what, "the run")
+    mark = run_dir / MARK_FILE
+    if mark.exists():
+        problem = _mark_problem(mark)
+        if problem:
+            raise MeireportError(f"{what}: {mark} {problem}")
+        return
+    try:
+        names = sorted(p.name for p in run_dir.iterdir())
+    except OSError as e:
+        raise MeireportError(f"{what}: {run_dir} cannot be listed ({e.strerror})") from None
+    if names in ([], [".meireport"]) or (run_dir / ".meireport" / "cache").is_dir():
+        return
+    raise MeireportError(
+        f"{what}: {run_dir} is not empty and is not a meireport run folder (no {MARK_FILE}); "
+        "expected a new or empty folder, or a run folder made by `meireport run`")
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        return str(int(json.loads(os.pread(fd, 256, 0))["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+def _acquire(run_dir: Path, what: str) -> int:
+    """Take the run folder's lock (non-blocking); returns its file descriptor."""
+    f = run_dir / LOCK_FILE
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise MeireportError(f"{what}: cannot write the lock file {f} ({e.strerror}); expected "
+                             "a run folder this user can write") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunFolderBusy(
+            f"{what}: {run_dir} is in use by another meireport process (pid {holder}, lock "
+            f"{f}); wait for it to finish, or use another folder") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid()}).encode(), 0)
+    return fd
+
+
+def _remove_leftovers(run_dir: Path) -> list[str]:
+    """Remove the temporary files a killed run or build left; one note line if any."""
+    gone = remove_leftover_temps(run_dir)
+    if not gone:
+        return []
+    names = ", ".join(str(p.relative_to(run_dir)) for p in gone[:3])
+    more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+    text = f"removed {len(gone)} temporary file(s) left by an interrupted run: {names}{more}"
+    _log.warning(text)
+    return [text]
+
+
+@contextmanager
+def run_folder_lock(run_dir, what: str = "--out") -> Iterator[list[str]]:
+    """Hold the run folder's lock for the block (re-entrant within a process).
+
+    The first hold of a process also removes what an interrupted run left behind (no other
+    process writes into the folder while the lock is held).
+
+    Yields
+    ------
+    list of str
+        Note lines (temporary files removed).
+
+    Raises
+    ------
+    RunFolderBusy
+        Another process holds the lock: one line naming its pid.
+    MeireportError
+        The lock file cannot be written.
+    """
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield []
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = _acquire(key, what)
+    _HELD[key] = [fd, 1]
+    try:
+        yield _remove_leftovers(key)
+    finally:
+        del _HELD[key]
+        os.close(fd)  # releases the lock
+
+
+@dataclass
+class RunFolder:
+    """A run folder opened by :func:`open_run`: checked, marked, locked, its source ready."""
+
+    path: Path
+    session_ids: list[int]
+    notes: list[str] = field(default_factory=list)
+
+
+def _make_folder(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MeireportError(f"--out: cannot make the run folder {run_dir} ({e.strerror}); "
+                             "expected a folder this user can write") from None
+
+
+@contextmanager
+def open_run(params: Params, out=None, progress: bool = True) -> Iterator[RunFolder]:
+    """Check the output location and the source, then open the run folder for writing.
+
+    Nothing is written before the folder is known to be usable (:func:`check_run_folder`) and,
+    for a cache or NWB source, the source has passed its checks; a simulated source is written
+    (into the run folder by default) once the folder is marked and locked. ``params.json`` is
+    written last. The lock is held until the block ends.
+
+    Parameters
+    ----------
+    params : Params
+        Validated params.
+    out : path, optional
+        Run folder (default ``runs/<params.name>``).
+    progress : bool
+        Progress bar while a simulated source is written.
+    """
+    from meireport.sources.from_params import ensure_source
+
+    run_dir = Path(out if out is not None else Path("runs") / params.name).expanduser().resolve()
+    check_run_folder(run_dir)
+    d = params.to_json_dict()
+    source_ids = None
+    if d["source"]["kind"] != "simulated":  # reads only: checked before anything is written
+        source_ids = ensure_source(d["source"], run_dir, progress=progress, extract=d["extract"])
+    _make_folder(run_dir)
+    with run_folder_lock(run_dir) as notes:
+        if not (run_dir / MARK_FILE).exists():
+            save_json(run_dir / MARK_FILE, _MARK | {"created_by": meireport.__version__})
+        if source_ids is None:
+            source_ids = ensure_source(d["source"], run_dir, progress=progress,
+                                       extract=d["extract"])
+        save_json(run_dir / "params.json", d)
+        yield RunFolder(run_dir, list(source_ids), list(notes))
+
+
+def _summary_tasks(params: Params, run_dir: Path, session_ids: list[int],
+                   neuron_tasks: list[Task]) -> list[Task]:
+    """The session summaries; each reads every neuron output of its session that exists."""
+    summary = [s for s in available_stages() if s.level == "summary"]
+    tasks = [_make_task(params, run_dir, st, sid, None) for sid in session_ids for st in summary]
+    for t in tasks:
+        t.inputs |= {f"{n.unit_id}:{name}": path for n in neuron_tasks
+                     if n.session_id == t.session_id for name, path in n.outputs.items()
+                     if Path(path).is_file()}
+    return tasks
+
+
+def _neuron_tasks(params: Params, run_dir: Path, session_ids: list[int],
+                  neurons: list[int] | None) -> list[Task]:
+    tasks: list[Task] = []
+    for sid in session_ids:
+        sel = Path(run_dir / "results" / str(sid) / "selection.csv")
+        if sel.is_file():
+            tasks += plan_neuron_tasks(params, run_dir, sid,
+                                       choose_neurons(params, load_csv(sel), neurons))
+    return tasks
+
+
+def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
+                scheduler: str | None = None, neurons: list[int] | None = None,
+                progress: bool = True, strict: bool = False) -> RunResult:
+    """Execute the notebooks of an opened run folder (:func:`open_run`); writes ``run.json``.
+
+    With ``strict``, the run stops at its first failed task (no further task is started; the
+    tasks run so far are recorded).
+    """
+    from tqdm.auto import tqdm
+
+    run_dir, session_ids = folder.path, folder.session_ids
+    result = RunResult(run_dir, notes=list(folder.notes))
+    submit_all, close = _runner(workers or params.run.workers, scheduler)
+    bar = tqdm(total=0, desc="notebooks", unit="nb", disable=not progress)
+
+    def waves(tasks: list[list[Task]]) -> None:
+        for wave in tasks:
+            if result.stopped:
+                return
+            result.results += _run_wave(run_dir, wave, submit_all, bar, result.notes, strict)
+            result.stopped = strict and bool(result.failed)
+
+    try:
+        session_tasks = plan_session_tasks(params, run_dir, session_ids)
+        bar.total += len(session_tasks)
+        waves(_waves(session_tasks))
+        neuron_tasks = [] if result.stopped else _neuron_tasks(params, run_dir, session_ids,
+                                                               neurons)
+        run_tasks = plan_run_tasks(params, run_dir)  # independent: beside the first wave
+        bar.total += len(neuron_tasks) + len(run_tasks)
+        planned = _waves(neuron_tasks) or [[]]
+        planned[0] = planned[0] + run_tasks
+        waves(planned)
+        for sid in session_ids:
+            sdir = run_dir / "results" / str(sid)
+            if sdir.is_dir():
+                _write_status(sdir, [r for r in result.results if r.session_id == sid])
+        summary_tasks = _summary_tasks(params, run_dir, session_ids, neuron_tasks)
+        bar.total += len(summary_tasks)
+        waves([summary_tasks])
+    finally:
+        bar.close()
+        close()
+    save_json(run_dir / "run.json", {
+        "params": params.to_json_dict(), "session_ids": session_ids,
+        "meireport_version": meireport.__version__, "strict_stopped": result.stopped,
+        "run_dir": str(run_dir), "results": [asdict(r) for r in result.results],
+    })
+    return result
+
+
 def run(
     params: Params | str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -423,6 +855,7 @@ def run(
     scheduler: str | None = None,
     neurons: list[int] | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> RunResult:
     """Execute the report's notebooks for every session and chosen neuron.
 
@@ -431,7 +864,7 @@ def run(
     params : Params or path
         Validated params or a params YAML path.
     out : path, optional
-        Run folder (default ``runs/<params.name>``).
+        Run folder (default ``runs/<params.name>``): new, empty, or a run folder.
     workers : int, optional
         Local worker processes (default ``params.run.workers``).
     scheduler : str, optional
@@ -440,63 +873,26 @@ def run(
         Explicit unit ids for the per-neuron pages (overrides ``params.neurons``).
     progress : bool
         Show a tqdm progress bar.
+    strict : bool
+        Stop at the first failed task (default: record it and go on).
 
     Returns
     -------
     RunResult
+
+    Raises
+    ------
+    MeireportError
+        Bad input, before anything is written: the output location (not a run folder, not
+        writable) or the source.
+    RunFolderBusy
+        Another process is writing into the run folder.
     """
-    from tqdm.auto import tqdm
-
-    from meireport.sources.from_params import ensure_source
-
     if not isinstance(params, Params):
         params = load_params(params)
-    run_dir = Path(out if out is not None else Path("runs") / params.name).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_json(run_dir / "params.json", params.to_json_dict())
-    session_ids = ensure_source(params.to_json_dict()["source"], run_dir, progress=progress)
-    submit_all, close = _runner(workers or params.run.workers, scheduler)
-    result = RunResult(run_dir)
-    bar = tqdm(total=0, desc="notebooks", unit="nb", disable=not progress)
-    try:
-        session_tasks = plan_session_tasks(params, run_dir, session_ids)
-        bar.total += len(session_tasks)
-        for wave in _waves(session_tasks):
-            result.results += _run_wave(run_dir, wave, submit_all, bar)
-        neuron_tasks: list[Task] = []
-        for sid in session_ids:
-            sel = Path(run_dir / "results" / str(sid) / "selection.csv")
-            if sel.is_file():
-                units = choose_neurons(params, load_csv(sel), neurons)
-                neuron_tasks += plan_neuron_tasks(params, run_dir, sid, units)
-        run_tasks = plan_run_tasks(params, run_dir)  # independent: beside the first wave
-        bar.total += len(neuron_tasks) + len(run_tasks)
-        waves = _waves(neuron_tasks) or [[]]
-        waves[0] = waves[0] + run_tasks
-        for wave in waves:
-            result.results += _run_wave(run_dir, wave, submit_all, bar)
-        for sid in session_ids:
-            sdir = run_dir / "results" / str(sid)
-            if sdir.is_dir():
-                _write_status(sdir, [r for r in result.results if r.session_id == sid])
-        summary = [s for s in available_stages() if s.level == "summary"]
-        summary_tasks = [_make_task(params, run_dir, st, sid, None)
-                         for sid in session_ids for st in summary]
-        for t in summary_tasks:  # the summary reads every neuron's outputs of its session
-            t.inputs |= {f"{n.unit_id}:{name}": path for n in neuron_tasks
-                         if n.session_id == t.session_id for name, path in n.outputs.items()
-                         if Path(path).is_file()}
-        bar.total += len(summary_tasks)
-        result.results += _run_wave(run_dir, summary_tasks, submit_all, bar)
-    finally:
-        bar.close()
-        close()
-    save_json(run_dir / "run.json", {
-        "params": params.to_json_dict(), "session_ids": session_ids,
-        "meireport_version": meireport.__version__,
-        "results": [asdict(r) for r in result.results],
-    })
-    return result
+    with open_run(params, out, progress=progress) as folder:
+        return execute_run(folder, params, workers=workers, scheduler=scheduler,
+                           neurons=neurons, progress=progress, strict=strict)
 
 
 def clean_run(run_dir) -> None:
@@ -504,9 +900,69 @@ def clean_run(run_dir) -> None:
     shutil.rmtree(Path(run_dir) / ".meireport" / "cache", ignore_errors=True)
 
 
+_RESULT_KEYS = {"stage": str, "session_id": int, "status": str}
+
+
+def _run_json_problem(data) -> str | None:
+    """What is wrong with a ``run.json``'s structure, or None."""
+    if not isinstance(data, dict):
+        return f"expected an object, got {type(data).__name__}"
+    for key, kind in (("params", dict), ("session_ids", list), ("results", list)):
+        if not isinstance(data.get(key), kind):
+            return f"expected {key!r} to be a{'n object' if kind is dict else ' list'}"
+    stages = {s.name for s in STAGES}
+    for i, r in enumerate(data["results"]):
+        if not isinstance(r, dict) or any(not isinstance(r.get(k), t)
+                                          for k, t in _RESULT_KEYS.items()):
+            return f"results[{i}]: expected an object with stage, session_id, status"
+        if r["stage"] not in stages or not isinstance(r.get("unit_id"), int | None) \
+                or not isinstance(r.get("notebook"), str | None):
+            return f"results[{i}]: unknown stage {r['stage']!r} or bad unit_id / notebook"
+    if not all(isinstance(s, int) for s in data["session_ids"]):
+        return "expected 'session_ids' to be a list of integers"
+    return None
+
+
+def _rebase(path: str, recorded: str | None, run_dir: Path) -> str:
+    """A notebook path of ``run.json`` in the run folder where it is now (it can be moved)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(run_dir / p)
+    if recorded and p.is_relative_to(recorded):
+        return str(run_dir / p.relative_to(recorded))
+    return path
+
+
 def load_run(run_dir) -> dict:
-    """The ``run.json`` of a finished run."""
-    f = Path(run_dir) / "run.json"
+    """The ``run.json`` of a finished run, its notebook paths inside the folder where it is now.
+
+    Raises
+    ------
+    MeireportError
+        One line naming the folder or the file: it does not exist, is not a folder, has no
+        ``run.json``, or its ``run.json`` is not valid JSON or not a run record.
+    """
+    d = Path(run_dir).expanduser().resolve()
+    if not d.exists():
+        raise MeireportError(f"run_dir: {d} does not exist; expected a run folder made by "
+                             "`meireport run`")
+    if not d.is_dir():
+        raise MeireportError(f"run_dir: {d} is a file; expected a run folder made by "
+                             "`meireport run`")
+    f = d / "run.json"
     if not f.is_file():
-        raise MeireportError(f"run_dir: {run_dir} has no run.json; run `meireport run` first")
-    return load_json(f)
+        raise MeireportError(f"run_dir: {d} has no run.json; run `meireport run` first")
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MeireportError(f"run_dir: {f} is not valid JSON ({e}); rerun `meireport run` "
+                             "to write it again") from None
+    problem = _run_json_problem(data)
+    if problem:
+        raise MeireportError(f"run_dir: {f} is not a run record ({problem}); rerun "
+                             "`meireport run` to write it again")
+    recorded = data.get("run_dir") if isinstance(data.get("run_dir"), str) else None
+    for r in data["results"]:
+        if r.get("notebook"):
+            r["notebook"] = _rebase(r["notebook"], recorded, d)
+    return data

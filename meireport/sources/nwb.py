@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from meireport.errors import MeireportError
-from meireport.sources.cache import resolve_session
+from meireport.sources.cache import check_path, one_line, resolve_session, template_path
 from meireport.stimuli import ScreenGeometry
 
 __all__ = ["UnitFilter", "Session", "SpikeTimes", "open_session"]
@@ -203,13 +203,29 @@ class Session:
         self.path = Path(nwb_path)
         self.templates_dir = templates_dir
         self.unit_filter = unit_filter if unit_filter is not None else UnitFilter()
-        if not h5py.is_hdf5(self.path):
+        self._file = None
+        check_path(self.path, "file")
+        try:
+            hdf5 = h5py.is_hdf5(self.path)
+        except OSError as e:
+            raise MeireportError(f"path: {self.path} cannot be read ({one_line(e)})") from None
+        if not hdf5:
             raise MeireportError(f"path: {self.path} is not an NWB (HDF5) file")
-        self._file = h5py.File(self.path, "r")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as e:  # h5py: "Unable to open file (truncated file: eof = ...)"
+            reason = one_line(e)
+            if "(" in reason and reason.endswith(")"):
+                reason = reason[reason.index("(") + 1 : -1]
+            raise MeireportError(
+                f"path: {self.path} cannot be opened as an NWB (HDF5) file ({reason}); "
+                "expected a complete Allen-format .nwb (a download cut short? fetch it again)"
+            ) from None
         if "units" not in self._file or "spike_times" not in self._file["units"]:
             self._file.close()
             raise MeireportError(
-                f"{self.path} has no units table with spike_times; expected an Allen-format NWB"
+                f"path: {self.path} has no units table with spike_times; "
+                "expected an Allen-format NWB"
             )
         self.session_id = session_id if session_id is not None else self._read_session_id()
 
@@ -435,10 +451,15 @@ class Session:
                 f"session {self.session_id} has no natural_scene_templates folder beside "
                 f"{self.path}; expected <cache>/natural_scene_templates/natural_scene_<k>.tiff"
             )
-        f = Path(self.templates_dir) / f"natural_scene_{int(k)}.tiff"
+        f = template_path(self.templates_dir, k)
         if not f.is_file():
             raise MeireportError(f"natural_scene: {f} does not exist (frame {k})")
-        return np.asarray(tifffile.imread(f))
+        try:
+            return np.asarray(tifffile.imread(f))
+        except Exception as e:  # noqa: BLE001 - a damaged file in any way: one line naming it
+            raise MeireportError(
+                f"natural_scene: {f} cannot be read as a TIFF image ({one_line(e)}; frame {k})"
+            ) from None
 
     def natural_scene(self, k: int) -> np.ndarray:
         """The ``k``-th natural-scene template as a 2-D float array (raw pixel values, grey)."""
