@@ -25,7 +25,7 @@ _TINTS = {"high": "#e8f5e9", "medium": "#fff3e0", "low": "#ffebee"}
 _CRITERION_NAMES = {
     "test_corr_ci_low": "test correlation, low end of its 95% CI",
     "frac_oracle": "fraction of the oracle (single-trial corr / oracle)",
-    "mei_reliability": "agreement of MEIs from different starts (up to phase)",
+    "mei_reliability": "agreement of MEIs from different starts (up to phase if complex-like)",
     "selection_stability": "selected in this fraction of trial resamples",
     "rf_p_value": "RF-mapping p-value (gabors)",
 }
