@@ -48,7 +48,8 @@ def _reset_neurons(run_dir: Path) -> None:
 def _top_units(run_dir: Path, n: int) -> list[int]:
     import pandas as pd
 
-    (sdir,) = [d for d in (run_dir / "results").iterdir() if d.is_dir()]
+    # the session's folder: run-level folders (the data-limit chapter) have no session.json
+    (sdir,) = [d for d in (run_dir / "results").iterdir() if (d / "session.json").is_file()]
     sel = pd.read_csv(sdir / "selection.csv")
     col = "oracle_corr" if "oracle_corr" in sel else sel.columns[1]
     return [int(u) for u in sel.sort_values(col, ascending=False)["unit_id"][:n]]

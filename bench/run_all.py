@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     render(res.data)
     log(f"done in {res.data['total_s'] / 60:.1f} min: {RESULTS_JSON} and "
         f"{RESULTS_JSON.with_suffix('.md')}")
+    if res.data["errors"]:  # a failed section fails the bench (its figures are missing)
+        log(f"FAILED sections: {', '.join(sorted(res.data['errors']))}")
+        return 1
     return 0
 
 

@@ -12,6 +12,26 @@ import pytest
 matplotlib.use("Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_cache(tmp_path_factory):
+    """The shared cache of every test run in a folder of its own (never the user's ~/.cache).
+
+    Tests and the notebooks they run (kernels inherit the environment) share it: the
+    data-limit study is computed once per test run for each configuration.
+    """
+    import os
+
+    from meireport.store import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("meireport_cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def default_session(tmp_path_factory):
     """The embedded default: 118 images x 50 repeats, seed 0."""

@@ -65,6 +65,7 @@ __all__ = [
     "MEIParams",
     "GaborParams",
     "RunParams",
+    "ClusterParams",
     "LimitsParams",
     "load_params",
     "parse_params",
@@ -494,11 +495,41 @@ class LimitsParams(_Section):
         return sorted(set(v))
 
 
-class RunParams(_Section):
-    """How notebooks are executed."""
+class ClusterParams(_Section):
+    """A batch cluster that runs the report's tasks as Dask workers (dask-jobqueue).
 
-    workers: int = Field(1, ge=1)
+    Each job is one Dask worker process with ``cores`` threads; ``jobs`` of them are started.
+    """
+
+    _section = "run.cluster"
+
+    kind: Literal["slurm", "pbs", "sge", "lsf", "htcondor", "moab", "oar"] = Field(
+        description="the batch system (dask-jobqueue's SLURMCluster, PBSCluster, ...)")
+    queue: str | None = Field(None, description="queue / partition (null: the system default)")
+    account: str | None = Field(None, description="account / project to charge (null: none)")
+    cores: int = Field(1, ge=1, description="cores per job")
+    memory: str = Field("4GB", description="memory per job, e.g. '4GB'")
+    walltime: str = Field("01:00:00", description="walltime per job (HH:MM:SS)")
+    jobs: int = Field(1, ge=1, description="jobs (Dask workers) to start")
+    job_extra: list[str] = Field(default_factory=list,
+                                 description="extra directives for the job script")
+    local_directory: Path | None = Field(None, description="workers' scratch folder")
+    timeout_s: int = Field(300, gt=0, description="seconds to wait for the first worker")
+
+
+class RunParams(_Section):
+    """How the report's tasks are executed and where computed results are kept."""
+
+    workers: int = Field(1, ge=1, description="local worker processes")
     timeout_s: int = Field(3600, gt=0, description="per-cell execution timeout")
+    cache: Path | None = Field(
+        None, description="shared cache of run-independent results (the data-limit study); "
+        "null: $MEIREPORT_CACHE, else the user's cache folder (~/.cache/meireport)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where models are trained and MEIs synthesised: auto takes CUDA "
+        "when there is a GPU, else the CPU")
+    cluster: ClusterParams | None = Field(
+        None, description="run the tasks on a batch cluster through dask-jobqueue (null: local)")
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -623,7 +654,17 @@ def parse_params(data: dict, base_dir: Path | None = None) -> Params:
             path = Path(base_dir if base_dir is not None else Path.cwd()) / path
         src = p.source.model_copy(update={"path": path.resolve()})
         p = p.model_copy(update={"source": src})
+    if p.run.cache is not None:
+        run = p.run.model_copy(update={"cache": _absolute(p.run.cache, base_dir)})
+        p = p.model_copy(update={"run": run})
     return p
+
+
+def _absolute(path: Path, base_dir: Path | None) -> Path:
+    path = path.expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir if base_dir is not None else Path.cwd()) / path
+    return path.resolve()
 
 
 def load_params(path) -> Params:

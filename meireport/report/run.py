@@ -1,12 +1,16 @@
-"""Papermill orchestration: plan -> execute (local pool or Dask) -> results, with caching.
+"""Papermill orchestration: plan a task graph -> execute it (local pool or Dask) -> results.
 
 The plan is data: :data:`STAGES` lists each notebook, the params sections it sees, the artifacts it
-reads and writes. Session-level stages run first, then the per-neuron stages of every chosen
-neuron, then the session summary. Each execution is cached by a hash of (the params sections it
-sees, the template notebook, the package source, its input artifacts): a rerun with nothing
-changed executes nothing, a change re-executes only what depends on it. A failing notebook (an
-exception, a dead kernel, a timeout) is recorded with its error and does not stop the others
-(unless ``strict``).
+reads and writes; a task depends on the tasks that write its inputs. The graph
+(:func:`meireport.report.engine.run_graph`) starts each task as soon as those are done: a
+session's neurons once its selection is done, each neuron's MEI once its model is trained,
+the data-limit study's pieces beside them from the start, a session's summary last. Each
+notebook execution is cached by a hash of (the params sections it sees, the template notebook,
+the package source, its input artifacts): a rerun with nothing changed executes nothing, a change
+re-executes only what depends on it; the stages a notebook calls keep their own compute cache
+(:mod:`meireport.report.stages`), so a change of plotting code re-renders pages without
+refitting. A failing notebook (an exception, a dead kernel, a timeout) is recorded with its error
+and does not stop the others (unless ``strict``).
 
 A run folder is marked when first used (``.meireport/folder.json``, :func:`check_run_folder`):
 a run never writes into a non-empty folder without that mark. One process at a time writes into
@@ -26,7 +30,6 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -43,7 +46,9 @@ from meireport.artifacts import (
     save_json,
 )
 from meireport.errors import MeireportError
+from meireport.report.engine import CallTask, execute_call, run_graph
 from meireport.report.params import Params, load_params, section_hash
+from meireport.store import cache_root
 
 __all__ = [
     "Stage",
@@ -54,8 +59,10 @@ __all__ = [
     "plan_session_tasks",
     "plan_neuron_tasks",
     "plan_run_tasks",
+    "plan_summary_task",
     "choose_neurons",
     "execute_task",
+    "run_task",
     "NotebookKernel",
     "RunFolder",
     "RunFolderBusy",
@@ -180,6 +187,10 @@ class Task:
     outputs: dict[str, str]  # name -> path
     key: str = ""
     timeout_s: int = 3600
+    #: Task ids this one waits for (derived from inputs and outputs, or given).
+    deps: tuple[str, ...] = ()
+    #: Inputs read when they exist (a summary reads the outputs of its session's neurons).
+    optional_inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def task_id(self) -> str:
@@ -199,6 +210,11 @@ class TaskResult:
     seconds: float = 0.0
     error: str | None = None
     notebook: str | None = None
+    #: When the task started and ended (seconds since the epoch; 0 for a task not run).
+    started: float = 0.0
+    ended: float = 0.0
+    #: Lines worth knowing found while running it (a corrupt cache record...), not in run.json.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -250,6 +266,8 @@ def _make_task(params: Params, run_dir: Path, stage: Stage, sid: int, uid: int |
         "session_dir": str(sdir),
         "out_dir": str(wdir),
     }
+    if stage.level == "neuron":  # where models are trained and MEIs synthesised
+        parameters["device"] = params.run.device
     return Task(
         stage=stage.name, session_id=int(sid), unit_id=uid,
         template=str(NOTEBOOK_DIR / stage.notebook), output=str(wdir / stage.notebook),
@@ -264,12 +282,26 @@ def plan_session_tasks(params: Params, run_dir: Path, session_ids: Iterable[int]
     return [_make_task(params, run_dir, st, sid, None) for sid in session_ids for st in stages]
 
 
-def plan_run_tasks(params: Params, run_dir: Path) -> list[Task]:
-    """Run-level tasks (the data-limit chapter), once per run; none when disabled."""
+def plan_run_tasks(params: Params, run_dir: Path) -> list:
+    """Run-level tasks, once per run; none when the study is disabled.
+
+    The data-limit study's pieces (:func:`meireport.report.limits.plan_tasks`: call tasks whose
+    results go to the shared cache, :func:`meireport.store.cache_root`), then its chapter's
+    notebook, which depends on all of them and renders from the cache.
+    """
     if not params.limits.enabled:
         return []
+    from meireport.report import limits
+
+    d = params.to_json_dict()
+    cache = str(cache_root(params.run.cache))
+    pieces = limits.plan_tasks(d["limits"], d["model"], d["train"], d["selection"], cache=cache)
     stages = [s for s in available_stages() if s.level == "run"]
-    return [_make_task(params, run_dir, st, RUN_LEVEL_ID, None) for st in stages]
+    tasks = [_make_task(params, run_dir, st, RUN_LEVEL_ID, None) for st in stages]
+    for t in tasks:
+        t.deps = tuple(p.task_id for p in pieces)
+        t.parameters["cache_dir"] = cache
+    return [*pieces, *tasks]
 
 
 def choose_neurons(params: Params, selection: pd.DataFrame, override=None) -> list[int]:
@@ -298,6 +330,10 @@ def _cache_file(run_dir: Path, task: Task) -> Path:
     return run_dir / ".meireport" / "cache" / (task.task_id.replace("/", "__") + ".json")
 
 
+#: Notebook parameters that are locations, not content (not part of a cache key).
+_LOCATIONS = ("run_dir", "session_dir", "out_dir", "cache_dir")
+
+
 def _task_key(task: Task) -> str | None:
     """Cache key; None when an input is missing (the task cannot run)."""
     hashes = {}
@@ -305,9 +341,11 @@ def _task_key(task: Task) -> str | None:
         if not Path(path).is_file():
             return None
         hashes[name] = file_sha256(path)
+    for name, path in sorted(task.optional_inputs.items()):
+        if Path(path).is_file():
+            hashes[name] = file_sha256(path)
     # locations are not content: a run folder can be moved or copied and stay cached
-    params = {k: v for k, v in task.parameters.items()
-              if k not in ("run_dir", "session_dir", "out_dir")}
+    params = {k: v for k, v in task.parameters.items() if k not in _LOCATIONS}
     return section_hash(task.stage, file_sha256(task.template), package_hash(), params, hashes)
 
 
@@ -490,80 +528,80 @@ def _error_notebook(task: Task, error: str, tb: str) -> str:
     return nbformat.writes(nb)
 
 
-def _runner(workers: int, scheduler: str | None):
-    """Return ``submit_all(tasks) -> iterator of TaskResult``."""
-    if scheduler:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
+def run_task(run_dir: str, task, deps: list[TaskResult]) -> TaskResult:
+    """Run one task of the graph once its dependencies are done (in a worker; picklable).
 
-        client = Client(scheduler, timeout="30s")
-
-        def submit_all(tasks):
-            futures = [client.submit(execute_task, t, pure=False) for t in tasks]
-            for fut in dask_completed(futures):
-                yield fut.result()
-
-        return submit_all, client.close
-    if workers <= 1:
-        return (lambda tasks: (execute_task(t) for t in tasks)), (lambda: None)
-    pool = ProcessPoolExecutor(max_workers=workers)
-
-    def submit_all(tasks):
-        futures = [pool.submit(execute_task, t) for t in tasks]
-        for fut in as_completed(futures):
-            yield fut.result()
-
-    return submit_all, lambda: pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_wave(run_dir: Path, tasks: list[Task], submit_all: Callable, bar,
-              notes: list[str], strict: bool = False) -> list[TaskResult]:
-    """Run tasks that do not depend on each other; cached ones are skipped.
-
-    With ``strict``, no further task of the wave is waited for after the first failure.
+    A notebook task whose inputs are missing (an upstream task failed) is ``skipped``; one whose
+    cache record matches is ``cached``; else its notebook is executed and recorded. A call task
+    (:class:`meireport.report.engine.CallTask`) is skipped when a dependency failed. A session
+    summary first writes the session's ``status.json`` from its dependencies' results.
     """
-    results, todo = [], []
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    bad = [d.task_id for d in deps if d.status in ("failed", "skipped")]
+    if isinstance(task, CallTask):
+        res = _run_call(task, bad)
+    elif task.stage == "summary":  # shows every outcome of its session, failures included
+        _write_status(Path(task.session_dir), deps)
+        res = _run_notebook(run_dir, task)
+    elif bad:  # not run on what an earlier, successful run left behind
+        res = TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "skipped",
+                         error=f"upstream failed: {', '.join(bad)}")
+        task.key = ""
+        _record(run_dir, task, res)
+    else:
+        res = _run_notebook(run_dir, task)
+    res.started, res.ended = t0, time.time()
+    return res
+
+
+def _run_call(task: CallTask, bad: list[str]) -> TaskResult:
+    if bad:
+        return TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "skipped",
+                          error=f"upstream failed: {', '.join(bad)}")
+    r = execute_call(task)
+    if r.traceback:
+        _log.debug("%s failed:\n%s", task.task_id, r.traceback)
+    return TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, r.status,
+                      r.seconds, r.error)
+
+
+def _run_notebook(run_dir: Path, task: Task) -> TaskResult:
+    notes: list[str] = []
+    task.key = _task_key(task) or ""
+    if not task.key:
+        missing = [n for n, p in task.inputs.items() if not Path(p).is_file()]
+        res = TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "skipped",
+                         0.0, f"upstream failed: missing {', '.join(missing)}", None)
+    elif _is_cached(run_dir, task, notes):
+        return TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "cached",
+                          notebook=task.output, notes=notes)
+    else:
+        res = execute_task(task)
+    _record(run_dir, task, res)
+    res.notes = notes
+    return res
+
+
+def _link(tasks: list[Task], known: Iterable[Task] = ()) -> None:
+    """Each task depends on the tasks that write its inputs (among ``tasks`` and ``known``)."""
+    writers = {p: t.task_id for t in [*known, *tasks] if isinstance(t, Task)
+               for p in t.outputs.values()}
     for t in tasks:
-        t.key = _task_key(t) or ""
-        if not t.key:
-            missing = [n for n, p in t.inputs.items() if not Path(p).is_file()]
-            res = TaskResult(t.task_id, t.stage, t.session_id, t.unit_id, "skipped", 0.0,
-                             f"upstream failed: missing {', '.join(missing)}", None)
-            _record(run_dir, t, res)
-            results.append(res)
-            bar.update()
-        elif _is_cached(run_dir, t, notes):
-            results.append(TaskResult(t.task_id, t.stage, t.session_id, t.unit_id, "cached",
-                                      notebook=t.output))
-            bar.update()
-        else:
-            todo.append(t)
-    if strict and any(r.status == "skipped" for r in results):
-        return results
-    by_id = {t.task_id: t for t in todo}
-    for res in submit_all(todo):
-        _record(run_dir, by_id[res.task_id], res)
-        results.append(res)
-        bar.set_postfix_str(f"{res.task_id} {res.status}")
-        bar.update()
-        if strict and res.status == "failed":
-            break
-    return results
-
-
-def _waves(tasks: list[Task]) -> list[list[Task]]:
-    """Group tasks by stage order: all tasks of one stage can run in parallel."""
-    order = [s.name for s in STAGES]
-    stages = sorted({t.stage for t in tasks}, key=order.index)
-    return [[t for t in tasks if t.stage == s] for s in stages]
+        own = [writers[p] for p in t.inputs.values() if p in writers and writers[p] != t.task_id]
+        t.deps = tuple(dict.fromkeys([*t.deps, *own]))
 
 
 def _write_status(sdir: Path, results: list[TaskResult]) -> None:
-    """Outcome of every task of a session (stable content: cached counts as ok, no timings)."""
+    """Outcome of every task of a session (stable content: cached counts as ok, no timings).
+
+    Written before the session's summary runs (its input ``status.json``).
+    """
     rows = [{"task_id": r.task_id, "stage": r.stage, "unit_id": r.unit_id,
              "status": "ok" if r.status == "cached" else r.status, "error": r.error}
             for r in sorted(results, key=lambda r: r.task_id) if r.stage != "summary"]
-    save_json(sdir / "status.json", rows)
+    if sdir.is_dir():
+        save_json(sdir / "status.json", rows)
 
 
 # -------------------------------------------------------------------------------------------
@@ -774,76 +812,115 @@ def open_run(params: Params, out=None, progress: bool = True) -> Iterator[RunFol
         yield RunFolder(run_dir, list(source_ids), list(notes))
 
 
-def _summary_tasks(params: Params, run_dir: Path, session_ids: list[int],
-                   neuron_tasks: list[Task]) -> list[Task]:
-    """The session summaries; each reads every neuron output of its session that exists."""
-    summary = [s for s in available_stages() if s.level == "summary"]
-    tasks = [_make_task(params, run_dir, st, sid, None) for sid in session_ids for st in summary]
-    for t in tasks:
-        t.inputs |= {f"{n.unit_id}:{name}": path for n in neuron_tasks
-                     if n.session_id == t.session_id for name, path in n.outputs.items()
-                     if Path(path).is_file()}
-    return tasks
+def plan_summary_task(params: Params, run_dir: Path, sid: int,
+                      session_tasks: list[Task]) -> Task:
+    """The session's summary: after every other task of the session, reading what they wrote.
+
+    ``session_tasks`` are the session's extract, select and neuron tasks: the summary depends
+    on all of them (it writes their outcomes into ``status.json`` first) and reads the neuron
+    outputs that exist when it runs.
+    """
+    st = next(s for s in available_stages() if s.level == "summary")
+    t = _make_task(params, run_dir, st, sid, None)
+    t.deps = tuple(x.task_id for x in session_tasks)
+    t.optional_inputs = {f"{n.unit_id}:{name}": path for n in session_tasks
+                         if n.unit_id is not None for name, path in n.outputs.items()}
+    return t
 
 
-def _neuron_tasks(params: Params, run_dir: Path, session_ids: list[int],
-                  neurons: list[int] | None) -> list[Task]:
-    tasks: list[Task] = []
-    for sid in session_ids:
-        sel = Path(run_dir / "results" / str(sid) / "selection.csv")
-        if sel.is_file():
-            tasks += plan_neuron_tasks(params, run_dir, sid,
-                                       choose_neurons(params, load_csv(sel), neurons))
-    return tasks
+def _priority(task) -> int:
+    """Session stages first (they unlock the neurons); every other task in the order it is ready."""
+    return 0 if getattr(task, "stage", "") in ("extract", "select") else 1
+
+
+@contextmanager
+def _dask_client(params: Params, scheduler: str | None):
+    """A Dask client: of ``scheduler`` (an address), of ``run.cluster`` (started), or None."""
+    if scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as e:
+            raise MeireportError(f"--scheduler: cannot reach the Dask scheduler at {scheduler} "
+                                 f"({e})") from None
+        try:
+            yield client
+        finally:
+            client.close()
+    elif params.run.cluster is not None:
+        from meireport.report.cluster import cluster_client
+
+        with cluster_client(params.run.cluster) as client:
+            yield client
+    else:
+        yield None
 
 
 def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
                 scheduler: str | None = None, neurons: list[int] | None = None,
                 progress: bool = True, strict: bool = False) -> RunResult:
-    """Execute the notebooks of an opened run folder (:func:`open_run`); writes ``run.json``.
+    """Execute the task graph of an opened run folder (:func:`open_run`); writes ``run.json``.
 
-    With ``strict``, the run stops at its first failed task (no further task is started; the
-    tasks run so far are recorded).
+    Every task starts as soon as the tasks that write its inputs are done
+    (:func:`meireport.report.engine.run_graph`): a session's neuron tasks as soon as its
+    selection is done, each neuron's MEI as soon as its model is trained, the data-limit study's
+    pieces beside them, a session's summary once all its tasks are done. With ``strict``, no
+    task is started after the first failed one (the tasks run so far are recorded).
     """
+    from functools import partial
+
     from tqdm.auto import tqdm
 
     run_dir, session_ids = folder.path, folder.session_ids
     result = RunResult(run_dir, notes=list(folder.notes))
-    submit_all, close = _runner(workers or params.run.workers, scheduler)
-    bar = tqdm(total=0, desc="notebooks", unit="nb", disable=not progress)
+    by_session: dict[int, list[Task]] = {}
+    initial = plan_session_tasks(params, run_dir, session_ids)
+    _link(initial)
+    for t in initial:
+        by_session.setdefault(t.session_id, []).append(t)
+    initial += plan_run_tasks(params, run_dir)
+    bar = tqdm(total=len(initial), desc="tasks", unit="task", disable=not progress)
 
-    def waves(tasks: list[list[Task]]) -> None:
-        for wave in tasks:
-            if result.stopped:
-                return
-            result.results += _run_wave(run_dir, wave, submit_all, bar, result.notes, strict)
-            result.stopped = strict and bool(result.failed)
+    def expand(res: TaskResult) -> list:
+        if res.stage != "select":
+            return []
+        sid = res.session_id
+        new: list[Task] = []
+        sel = run_dir / "results" / str(sid) / "selection.csv"
+        if res.status in ("ok", "cached") and sel.is_file():
+            new = plan_neuron_tasks(params, run_dir, sid,
+                                    choose_neurons(params, load_csv(sel), neurons))
+            _link(new, by_session[sid])
+        by_session[sid] += new
+        new.append(plan_summary_task(params, run_dir, sid, by_session[sid]))
+        bar.total += len(new)
+        return new
+
+    def on_result(res: TaskResult) -> None:
+        for line in res.notes:
+            _note(result.notes, line)
+        result.results.append(res)
+        bar.set_postfix_str(f"{res.task_id} {res.status}")
+        bar.update()
+
+    def stop() -> bool:
+        result.stopped = result.stopped or (strict and bool(result.failed))
+        return result.stopped
 
     try:
-        session_tasks = plan_session_tasks(params, run_dir, session_ids)
-        bar.total += len(session_tasks)
-        waves(_waves(session_tasks))
-        neuron_tasks = [] if result.stopped else _neuron_tasks(params, run_dir, session_ids,
-                                                               neurons)
-        run_tasks = plan_run_tasks(params, run_dir)  # independent: beside the first wave
-        bar.total += len(neuron_tasks) + len(run_tasks)
-        planned = _waves(neuron_tasks) or [[]]
-        planned[0] = planned[0] + run_tasks
-        waves(planned)
-        for sid in session_ids:
-            sdir = run_dir / "results" / str(sid)
-            if sdir.is_dir():
-                _write_status(sdir, [r for r in result.results if r.session_id == sid])
-        summary_tasks = _summary_tasks(params, run_dir, session_ids, neuron_tasks)
-        bar.total += len(summary_tasks)
-        waves([summary_tasks])
+        with _dask_client(params, scheduler) as client:
+            run_graph(initial, partial(run_task, str(run_dir)), expand=expand,
+                      workers=workers or params.run.workers, client=client,
+                      priority=_priority, on_result=on_result, stop=stop)
     finally:
         bar.close()
-        close()
     save_json(run_dir / "run.json", {
         "params": params.to_json_dict(), "session_ids": session_ids,
         "meireport_version": meireport.__version__, "strict_stopped": result.stopped,
-        "run_dir": str(run_dir), "results": [asdict(r) for r in result.results],
+        "run_dir": str(run_dir),
+        "results": [{k: v for k, v in asdict(r).items() if k != "notes"}
+                    for r in result.results],
     })
     return result
 

@@ -18,10 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from meireport.artifacts import load_csv, load_json, load_npz, save_csv, save_json, save_npy
+from meireport.artifacts import (
+    file_sha256,
+    load_csv,
+    load_json,
+    load_npz,
+    save_csv,
+    save_json,
+    save_npy,
+    save_npz,
+)
 from meireport.errors import MeireportError
 from meireport.report.params import GaborParams, MEIParams, ModelParams, SelectionParams
 from meireport.stimuli import ScreenGeometry
+from meireport.store import code_hash, content_key
 
 __all__ = [
     "extract_stage",
@@ -54,6 +64,64 @@ def single_thread_torch() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# -------------------------------------------------------------------------------------------
+# compute cache: a stage's artifacts are recomputed only when what they are computed from changes
+# -------------------------------------------------------------------------------------------
+#: The package parts each stage's computation runs (a change elsewhere, e.g. in plots/ or a
+#: notebook, re-renders its page from the cached artifacts and recomputes nothing).
+COMPUTE_CODE: dict[str, tuple[str, ...]] = {
+    "select": ("select", "extract", "stimuli", "artifacts", "report/stages", "report/params"),
+    "train": ("models", "stimuli", "artifacts", "sources/simulate", "report/stages",
+              "report/params"),
+    "mei": ("mei", "models", "stimuli", "artifacts", "sources/simulate", "report/stages",
+            "report/params"),
+    "gabor": ("mei", "models", "extract", "stimuli", "artifacts", "sources/simulate",
+              "report/stages", "report/params"),
+}
+
+
+def compute_key(stage: str, inputs, settings) -> str:
+    """Key of a stage's computation: its input files' contents, its settings, its code.
+
+    Parameters
+    ----------
+    stage : str
+        A key of :data:`COMPUTE_CODE`.
+    inputs : iterable of path
+        The files the computation reads.
+    settings : JSON-able
+        Everything else it depends on (its params section, the unit id, the device).
+    """
+    digests = {Path(p).name: file_sha256(p) for p in inputs}
+    return content_key(stage, digests, settings, code_hash(*COMPUTE_CODE[stage]))
+
+
+def _record_file(out_dir, stage: str) -> Path:
+    return Path(out_dir) / f".{stage}.compute.json"
+
+
+def cached_values(out_dir, stage: str, key: str, outputs) -> dict | None:
+    """The values recorded with a stage's last computation in ``out_dir``, if still valid.
+
+    Valid: recorded under ``key`` and every output file has the content it had then.
+    """
+    f = _record_file(out_dir, stage)
+    try:
+        rec = load_json(f)
+        ok = rec["key"] == key and all(
+            file_sha256(Path(out_dir) / name) == rec["outputs"][name] for name in outputs)
+    except (MeireportError, OSError, KeyError, TypeError):
+        return None
+    return rec.get("values", {}) if ok else None
+
+
+def record_compute(out_dir, stage: str, key: str, outputs, values: dict | None = None) -> None:
+    """Record a stage's computation: its key, its outputs' digests and the values it found."""
+    digests = {name: file_sha256(Path(out_dir) / name) for name in outputs}
+    save_json(_record_file(out_dir, stage), {"key": key, "outputs": digests,
+                                             "values": values or {}})
 
 
 # -------------------------------------------------------------------------------------------
@@ -144,16 +212,60 @@ class TrainStage:
     truth: object = None
 
 
-def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) -> TrainStage:
+def _device(device) -> object:
+    """The torch device of a ``run.device`` value (``None``: auto)."""
+    from meireport.models import resolve_device
+
+    return resolve_device(device or "auto")
+
+
+def _session_inputs(sdir: Path, info: dict, *names: str) -> list[Path]:
+    """Session artifacts a computation reads, with the simulator's ground truth when there is."""
+    files = [sdir / n for n in names]
+    if info.get("ground_truth"):
+        files.append(sdir / info["ground_truth"])
+    return files
+
+
+#: Columns of a unit's ``selection.csv`` row that its model reads (its other columns, e.g.
+#: ``selected``, change with the selection thresholds and do not change the model).
+_ROW_READ = ("oracle_corr", "has_rf", "rf_col_px", "rf_row_px")
+
+
+def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict,
+                device: str | None = None) -> TrainStage:
     """Fit the unit's CNN and LN baseline; write ``model.pt``, ``ln.pt`` and ``train.json``.
 
     With ``model.crop`` set, a unit without a mapped receptive field (no significant RF map) is
-    fitted on the full field; ``train.json``'s ``crop_px`` says which.
+    fitted on the full field; ``train.json``'s ``crop_px`` says which. The fit is skipped when
+    its inputs (session artifacts, the unit's row, ``model``, ``train``, the device kind and the
+    training code) are those of the fit already in ``out_dir`` (:func:`compute_key`); the
+    result is always read back from the files, so a cached and a fresh page show the same.
     """
+    from meireport.models import TrainConfig, load_model
+
+    sdir, info, _ = _session(session_dir)
+    out = Path(out_dir)
+    row = unit_row(sdir, unit_id)
+    dev = _device(device)
+    gabors = TrainConfig.from_dict(dict(train)).gabors
+    names = ("trials.npz", "images.npz", "session.json") + (("gabors.npz",) if gabors else ())
+    settings = {"unit_id": int(unit_id), "model": model, "train": train, "device": dev.type,
+                "row": {k: row.get(k) for k in _ROW_READ}}
+    key = compute_key("train", _session_inputs(sdir, info, *names), settings)
+    outputs = ("model.pt", "ln.pt", "train.json")
+    if cached_values(out, "train", key, outputs) is None:
+        _fit_unit(sdir, out, unit_id, model, train, dev)
+        record_compute(out, "train", key, outputs)
+    return TrainStage(load_model(out / "model.pt"), load_model(out / "ln.pt"),
+                      load_json(out / "train.json"), _truth(info, sdir))
+
+
+def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev) -> None:
     from meireport.models import TrainConfig, fit_model, make_split, save_checkpoint
 
     single_thread_torch()
-    sdir, info, geometry = _session(session_dir)
+    _, info, geometry = _session(sdir)
     row = unit_row(sdir, unit_id)
     mp, tr_cfg = ModelParams.from_dict(model), TrainConfig.from_dict(dict(train))
     data = response_data(sdir, gabors=tr_cfg.gabors)
@@ -165,10 +277,9 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) ->
     truth = _truth(info, sdir)
     oracle = {int(unit_id): float(row["oracle_corr"])}
     kw = dict(train_config=tr_cfg, rf_centres=[centre], oracle=oracle, truth=truth,
-              split=split)
+              split=split, device=dev)
     cnn = fit_model(data, [int(unit_id)], "cnn", cnn_cfg, **kw)
     ln = fit_model(data, [int(unit_id)], "ln", ln_cfg, **kw)
-    out = Path(out_dir)
     extra = {"session_id": int(info["session_id"]), "window": info["window"]}
     cnn.extra.update(extra)
     ln.extra.update(extra)
@@ -188,14 +299,13 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict) ->
     if "true_corr" in cnn.metrics:
         values |= {"true_corr": float(m["true_corr"]), "true_corr_ln": float(mln["true_corr"])}
     save_json(out / "train.json", values)
-    return TrainStage(cnn, ln, values, truth)
 
 
-def _unit_model(out_dir):
+def _unit_model(out_dir, dev=None):
     from meireport.mei import UnitModel
     from meireport.models import load_model
 
-    trained = load_model(Path(out_dir) / "model.pt")
+    trained = load_model(Path(out_dir) / "model.pt", device=dev)
     return trained, UnitModel(trained.model, 0).eval()
 
 
@@ -343,18 +453,40 @@ def mei_truth_values(truth, unit_id: int, u: UnitMEI, images) -> dict:
     }
 
 
-def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None = None) -> MEIStage:
+def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None = None,
+              device: str | None = None) -> MEIStage:
     """Synthesise the unit's MEI on its CNN; write ``mei.npy``, ``mei.json`` and ``trust.json``.
 
     The best natural image is compared at equal footing (:func:`unit_mei`): both rescaled to the
     training images' mean luminance and mean contrast ``c*``. The trust assessment
     (:func:`trust_stage`, with the ``trust`` params section's thresholds) is added to
     ``mei.json`` as ``trust`` (the label) and ``trust_reasons`` (``"; "``-joined), so that
-    ``summary.csv`` carries them.
+    ``summary.csv`` carries them. The synthesis is skipped when its inputs (the model, the
+    images, ``mei``, the device kind, the MEI code) are those of the one already in ``out_dir``;
+    the trust label is always assessed anew (its thresholds are not part of the synthesis).
     """
-    single_thread_torch()
     sdir, info, _ = _session(session_dir)
-    trained, model = _unit_model(out_dir)
+    out = Path(out_dir)
+    dev = _device(device)
+    inputs = [out / "model.pt", *_session_inputs(sdir, info, "images.npz")]
+    key = compute_key("mei", inputs, {"unit_id": int(unit_id), "mei": mei, "device": dev.type})
+    outputs = ("mei.npy", "mei_starts.npz")
+    values = cached_values(out, "mei", key, outputs)
+    if values is None:
+        values = _synthesise(sdir, out, unit_id, mei, dev)
+        record_compute(out, "mei", key, outputs, values)
+    result, best_image = load_mei_result(out / "mei_starts.npz", MEIParams.from_dict(mei).config())
+    assessment = trust_stage(sdir, out_dir, unit_id, values, trust)
+    values = values | {"trust": assessment.label, "trust_reasons": "; ".join(assessment.reasons)}
+    save_json(out / "mei.json", values)
+    return MEIStage(result, values, best_image, values["mean_luminance"], values["c_star"],
+                    assessment)
+
+
+def _synthesise(sdir: Path, out: Path, unit_id: int, mei: dict, dev) -> dict:
+    single_thread_torch()
+    _, info, _ = _session(sdir)
+    trained, model = _unit_model(out, dev)
     train_imgs, all_imgs = _train_images(sdir, trained)
     u = unit_mei(model, train_imgs, all_imgs, MEIParams.from_dict(mei).config())
     values = u.values()
@@ -362,11 +494,86 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
     truth = _truth(info, sdir)
     if truth is not None:
         values |= mei_truth_values(truth, unit_id, u, all_imgs)
-    assessment = trust_stage(sdir, out_dir, unit_id, values, trust)
-    values |= {"trust": assessment.label, "trust_reasons": "; ".join(assessment.reasons)}
-    save_npy(Path(out_dir) / "mei.npy", u.mei)
-    save_json(Path(out_dir) / "mei.json", values)
-    return MEIStage(u.result, values, u.stimuli[1 + u.best], u.mean, u.c_star, assessment)
+    save_npy(out / "mei.npy", u.mei)
+    save_mei_result(out / "mei_starts.npz", u.result, u.stimuli[1 + u.best])
+    return values
+
+
+# -------------------------------------------------------------------------------------------
+# an MEIResult as plain arrays (np.load(..., allow_pickle=False) reads it back)
+# -------------------------------------------------------------------------------------------
+def _flat(obj, prefix: str, arrays: dict, meta: dict) -> None:
+    """Arrays of a result dataclass into ``arrays``, its plain values into ``meta``."""
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if isinstance(v, np.ndarray):
+            arrays[name] = v
+        elif isinstance(v, list) and v and is_dataclass(v[0]):
+            meta[f"{name}#n"] = len(v)
+            for i, item in enumerate(v):
+                _flat(item, f"{name}#{i}.", arrays, meta)
+        elif not is_dataclass(v):  # the config is rebuilt from params
+            meta[name] = v.item() if isinstance(v, np.generic) else v
+
+
+def save_mei_result(path, result, best_image: np.ndarray) -> Path:
+    """Write an :class:`meireport.mei.MEIResult` (every start, members) and the best image.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from meireport.mei import LinearModel, MEIConfig, generate_mei
+    >>> w = np.zeros((12, 16)); w[4:8, 6:10] = 1.0
+    >>> cfg = MEIConfig(steps=5, starts=("grey",))
+    >>> res = generate_mei(LinearModel(w), np.random.default_rng(0).random((4, 12, 16)), cfg)
+    >>> f = save_mei_result(Path(tempfile.mkdtemp()) / "m.npz", res, w)
+    >>> back, img = load_mei_result(f, cfg)
+    >>> bool(np.array_equal(back.mei, res.mei)), back.best == res.best
+    (True, True)
+    """
+    import json
+
+    arrays: dict = {}
+    meta: dict = {}
+    _flat(result, "", arrays, meta)
+    return save_npz(path, best_image=np.asarray(best_image), meta=np.array(json.dumps(meta)),
+                    **arrays)
+
+
+def _build(cls, prefix: str, arrays: dict, meta: dict, config, children: dict):
+    from dataclasses import fields
+
+    kw = {}
+    for f in fields(cls):
+        name = f"{prefix}{f.name}"
+        if name in arrays:
+            kw[f.name] = arrays[name]
+        elif f"{name}#n" in meta:
+            kw[f.name] = [_build(children[f.name], f"{name}#{i}.", arrays, meta, config,
+                                 children) for i in range(meta[f"{name}#n"])]
+        elif name in meta:
+            kw[f.name] = meta[name]
+        elif f.name == "config":
+            kw[f.name] = config
+        elif f.name in children:
+            kw[f.name] = []
+    return cls(**kw)
+
+
+def load_mei_result(path, config):
+    """Read back :func:`save_mei_result`: ``(MEIResult, best_image)``."""
+    import json
+
+    from meireport.mei import MEIResult, StartResult
+
+    d = load_npz(path)
+    meta = json.loads(str(d.pop("meta")))
+    best = d.pop("best_image")
+    children = {"starts": StartResult, "members": MEIResult}
+    return _build(MEIResult, "", d, meta, config, children), best
 
 
 @dataclass
@@ -374,18 +581,46 @@ class GaborStage:
     """Result of :func:`gabor_stage`."""
 
     session_gabor: object
-    search: object
+    search: object  # None: the search's figures are in ``values`` (its result is not kept)
     mei: np.ndarray
     values: dict
     gabor: np.ndarray | None = None  # the Gabor compared (searched, else the session's), equalised
 
 
-def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
+def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict,
+                device: str | None = None) -> GaborStage:
     """Best session Gabor, in-silico Gabor search and the MEI-vs-Gabor metrics.
 
     Writes ``gabor.npy`` (the searched Gabor at the MEI's mean and contrast) and
-    ``comparison.json``.
+    ``comparison.json``. Skipped when its inputs (the model, the MEI and its footing, the
+    session's gabors, ``gabor``, the device kind, the code) are those of the last run in
+    ``out_dir``.
     """
+    from meireport.mei import equalize, session_gabor
+
+    gp = GaborParams.from_dict(gabor)
+    sdir, info, geometry = _session(session_dir)
+    out = Path(out_dir)
+    dev = _device(device)
+    m = load_json(out / "mei.json")
+    footing = {"mean": m["mean_luminance"], "c_star": m["c_star"]}
+    inputs = [out / "model.pt", out / "mei.npy",
+              *_session_inputs(sdir, info, "gabors.npz", "session.json")]
+    key = compute_key("gabor", inputs, {"unit_id": int(unit_id), "gabor": gabor,
+                                        "footing": footing, "device": dev.type})
+    outputs = ("gabor.npy", "comparison.json")
+    if cached_values(out, "gabor", key, outputs) is None:
+        _compare_gabors(sdir, out, unit_id, gp, dev, footing["mean"], footing["c_star"])
+        record_compute(out, "gabor", key, outputs)
+    mei_img = np.load(out / "mei.npy", allow_pickle=False)
+    sg = session_gabor(session_gabors(sdir), int(unit_id), geometry, k=gp.k)
+    return GaborStage(sg, None, equalize(mei_img[None], footing["mean"], footing["c_star"])[0],
+                      load_json(out / "comparison.json"),
+                      np.load(out / "gabor.npy", allow_pickle=False))
+
+
+def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, mean: float,
+                    c_star: float) -> None:
     from meireport.mei import (
         best_phase_image,
         describe,
@@ -397,13 +632,9 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
     )
 
     single_thread_torch()
-    gp = GaborParams.from_dict(gabor)
-    sdir, info, geometry = _session(session_dir)
-    out = Path(out_dir)
-    m = load_json(out / "mei.json")
-    mean, c_star = m["mean_luminance"], m["c_star"]
+    _, info, geometry = _session(sdir)
     mei_img = np.load(out / "mei.npy", allow_pickle=False)
-    _, model = _unit_model(out)
+    _, model = _unit_model(out, dev)
     sg = session_gabor(session_gabors(sdir), int(unit_id), geometry, k=gp.k)
     # Allen's gabors drift: the session Gabor is shown at the carrier phase the model prefers
     sg_image, sg_phase = best_phase_image(sg, model, mean, c_star)
@@ -439,7 +670,6 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict) -> GaborStage:
                                                                  mean=mean, std=c_star)
     save_npy(out / "gabor.npy", eq[2])
     save_json(out / "comparison.json", values)
-    return GaborStage(sg, search, eq[0], values, eq[2])
 
 
 # -------------------------------------------------------------------------------------------
@@ -515,10 +745,25 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     (:meth:`SelectionParams.rule`; missing fields take the params defaults),
     without its ``max_units`` cap, selects the unit; see
     :func:`meireport.select.selection_stability`) and ``rfmap.npz`` (the 9 x 9 gabor maps).
+    Skipped when the artifacts, the selection params and the code are those of the last run
+    (the table's ``attrs``, the rule's thresholds, are kept with it).
     """
-    from pathlib import Path
+    sp = SelectionParams.from_dict(selection)
+    sdir = Path(session_dir)
+    names = ("trials.npz", "units.csv", "gabors.npz", "session.json")
+    key = compute_key("select", [sdir / n for n in names], sp.model_dump(mode="json"))
+    outputs = ("selection.csv", "rfmap.npz")
+    attrs = cached_values(sdir, "select", key, outputs)
+    if attrs is None:
+        attrs = _select(sdir, sp)
+        record_compute(sdir, "select", key, outputs, attrs)
+    out = load_csv(sdir / "selection.csv")
+    out.attrs.update(attrs)
+    return out
 
-    from meireport.artifacts import load_csv, load_json, load_npz, save_csv, save_npz
+
+def _select(sdir: Path, sp: SelectionParams) -> dict:
+    """Compute and write the selection; returns the table's ``attrs`` (the rule's thresholds)."""
     from meireport.select import (
         receptive_fields,
         rf_maps,
@@ -526,10 +771,6 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
         selection_stability,
         unit_metrics,
     )
-    from meireport.stimuli import ScreenGeometry
-
-    sp = SelectionParams.from_dict(selection)
-    sdir = Path(session_dir)
     tr = load_npz(sdir / "trials.npz")
     units = load_csv(sdir / "units.csv").set_index("unit_id")
     info = load_json(sdir / "session.json")
@@ -557,7 +798,8 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     maps = rf_maps(table, counts)
     save_npz(sdir / "rfmap.npz", maps=maps.maps, x_deg=maps.x_deg, y_deg=maps.y_deg,
              unit_ids=np.asarray(maps.unit_ids, dtype=np.int64))
-    return out
+    return {k: {n: float(x) for n, x in v.items()} if isinstance(v, dict) else v
+            for k, v in out.attrs.items()}
 
 
 def summary_stage(session_dir) -> pd.DataFrame:
