@@ -101,11 +101,13 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     # a trust threshold: the MEI stage assesses trust, so it re-runs with what reads its outputs;
     # the data-limit chapter relabels its units (its models and MEIs are reused, not refitted)
     strict = mei.model_copy(update={"trust": dataclasses.replace(mei.trust, max_rf_p=0.5)})
-    fitted = sorted((out / "results" / "limits" / "work").rglob("models.csv"))
-    stamps = [f.stat().st_mtime_ns for f in fitted]
+    fitted = _store_entries()
+    mei_file = next(_session_dir(out).rglob("mei.npy"))
+    stamp = mei_file.stat().st_mtime_ns
     res = run(strict, out=out, progress=False)
     assert {r.stage for r in res.executed} == {"mei", "gabor", "summary", "limits"}
-    assert fitted and [f.stat().st_mtime_ns for f in fitted] == stamps
+    assert fitted and _store_entries() == fitted  # nothing of the study recomputed
+    assert mei_file.stat().st_mtime_ns == stamp  # relabelled, not resynthesised
     mei = strict
     # deleting one artifact re-executes just its producer (outputs are byte-reproducible)
     sdir = _session_dir(out)
@@ -113,6 +115,44 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     res = run(mei, out=out, progress=False)
     assert {r.stage for r in res.executed} == {"extract"}
     assert (sdir / "images.npz").is_file()
+
+
+def _store_entries() -> dict[str, int]:
+    """Every entry of the shared store (its manifest's mtime): what the study computed."""
+    from meireport.store import cache_root
+
+    return {str(f.parent.name): f.stat().st_mtime_ns
+            for f in (cache_root() / "store").rglob("entry.json")}
+
+
+def _heavy_files(run_dir: Path) -> dict[str, int]:
+    sdir = _session_dir(run_dir)
+    files = [sdir / "selection.csv", *sdir.rglob("model.pt"), *sdir.rglob("mei.npy"),
+             *sdir.rglob("gabor.npy")]
+    return {str(f.relative_to(run_dir)): f.stat().st_mtime_ns for f in files}
+
+
+def test_a_rendering_change_re_renders_every_page_and_refits_nothing(tiny_run, tmp_path,
+                                                                     monkeypatch):
+    """A change of plotting or notebook code (the package hash) re-executes every notebook;
+    the stages find their computations cached (models, MEIs, Gabors, selection, the study)."""
+    from meireport.report import run as run_mod
+
+    src, _, _ = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("book"))
+    heavy, study = _heavy_files(out), _store_entries()
+    assert len(heavy) >= 4 and study
+    monkeypatch.setattr(run_mod, "package_hash", lambda: "a figure's label changed")
+    res = run(TINY, out=out, progress=False)
+    assert not res.failed and all(r.status == "ok" for r in res.results if r.notebook)
+    assert {r.stage for r in res.executed} == {s.name for s in available_stages()}
+    assert _heavy_files(out) == heavy and _store_entries() == study
+    for r in res.results:  # the re-rendered pages show results, not errors
+        if r.notebook:
+            nb = nbformat.read(r.notebook, as_version=4)
+            assert not [o for c in nb.cells for o in c.get("outputs", [])
+                        if o.get("output_type") == "error"], r.task_id
 
 
 def test_failure_is_isolated(tiny_run):

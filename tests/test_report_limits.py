@@ -1,7 +1,11 @@
-"""The data-limit study: tables, caching, the trust label against the truth, CI coverage."""
+"""The data-limit study: tables, its pieces and their shared store, the trust label against the
+truth, CI coverage."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import shutil
 import tempfile
 
 import numpy as np
@@ -11,8 +15,10 @@ import pytest
 from meireport.errors import MeireportError
 from meireport.models import bootstrap_corr_ci, new_images, pearson
 from meireport.report import limits
-from meireport.report.limits import OPTION_VARIANTS, session_limits
+from meireport.report.engine import CACHED, execute_call
+from meireport.report.limits import OPTION_VARIANTS
 from meireport.report.params import LimitsParams, parse_params
+from meireport.store import Store, cache_root
 
 TINY = parse_params({"source": {"kind": "simulated"},
                      "model": {"core": {"hidden_channels": 4, "layers": 2, "input_kern": 9}},
@@ -34,21 +40,66 @@ def test_config_validation():
         parse_params({"source": {"kind": "simulated"}, "limits": {"n_images": [4]}})
 
 
+TINY_STUDY = LimitsParams(n_images=[30], n_repeats=6, area_population=(6, 4, 3, 2), n_units=2,
+                          mei_steps=20, options_at=30).model_dump(mode="json")
+
+
+def _stage(out_dir, cache, **changes):
+    """The tiny study's limits stage into ``out_dir`` with the store in ``cache``."""
+    args = {"limits": TINY_STUDY, "model": TINY["model"], "train": TINY["train"],
+            "selection": TINY["selection"]} | changes
+    return limits.limits_stage(out_dir, cache=cache, **args)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = LimitsParams(n_images=[30], n_repeats=6, area_population=(6, 4, 3, 2), n_units=2,
-                       mei_steps=20, options_at=30)
-    work = tmp_path_factory.mktemp("limits") / "n30"
-    tables = session_limits(30, cfg, work, TINY["model"], TINY["train"], TINY["selection"],
-                            options=True)
-    return cfg, work, tables
+    """The tiny study computed once: its store, its run's out_dir and its tables."""
+    cache, out = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("run")
+    return cache, out, _stage(out, cache)
+
+
+@pytest.fixture
+def cache(tiny, tmp_path):
+    """A copy of the tiny study's store, for a test that may change it."""
+    shutil.copytree(tiny[0], tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many fits, simulations and selection stages the pieces run (counted, then run)."""
+    import meireport.models
+    import meireport.report.stages
+    import meireport.sources
+
+    n = {"fit": 0, "simulate": 0, "select": 0}
+
+    def counting(name, real):
+        def counted(*a, **k):
+            n[name] += 1
+            return real(*a, **k)
+        return counted
+
+    for name, module, attr in (("fit", meireport.models, "fit_model"),
+                               ("simulate", meireport.sources, "simulate_session"),
+                               ("select", meireport.report.stages, "select_stage")):
+        monkeypatch.setattr(module, attr, counting(name, getattr(module, attr)))
+    return n
+
+
+def _entry(cache, task_id: str):
+    """The store folder of one task of the tiny study."""
+    (task,) = [t for t in limits.plan_tasks(TINY_STUDY, TINY["model"], TINY["train"],
+                                            TINY["selection"], cache=str(cache))
+               if t.task_id == task_id]
+    return Store(cache_root(cache) / "store").entry(limits._ensure(task))
 
 
 def test_tables_hold_every_model_option_and_unit(tiny):
-    cfg, _, t = tiny
+    t = tiny[2]
     s = t["session"].iloc[0]
     assert s["n_tuned"] == 10 and 10 < s["n_units"] <= 15  # poor units may fail the filter
-    assert 0 <= s["precision"] <= 1 and 0 < s["recall"] <= 1
+    assert 0 <= s["precision"] <= 1 and 0 < s["recall"] <= 1 and s["seconds"] > 0
     u = t["units"]
     assert u["true_kind"].tolist() == ["simple"] * 2 + ["complex"] * 2  # 2 of each kind
     assert set(u["trust"]) <= {"high", "medium", "low"}
@@ -68,23 +119,101 @@ def test_tables_hold_every_model_option_and_unit(tiny):
     pd.testing.assert_series_equal(a, b, check_names=False)
 
 
-def test_rerun_and_new_trust_thresholds_reuse_the_heavy_work(tiny, monkeypatch):
-    cfg, work, t = tiny
+def test_a_second_run_reads_the_store_and_writes_only_its_tables(tiny, cache, calls, tmp_path):
+    again = _stage(tmp_path / "other", cache)
+    assert calls == {"fit": 0, "simulate": 0, "select": 0}
+    for name, df in tiny[2].items():
+        pd.testing.assert_frame_equal(again[name], df)
+        csv = f"limits_{name}.csv"
+        assert (tmp_path / "other" / csv).read_bytes() == (tiny[1] / csv).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [
+        "limits_models.csv", "limits_session.csv", "limits_units.csv"]
 
-    def boom(*a, **k):
-        raise AssertionError("recomputed")
 
-    monkeypatch.setattr(limits, "_compute", boom)
-    again = session_limits(30, cfg, work, TINY["model"], TINY["train"], TINY["selection"],
-                           options=True)
-    pd.testing.assert_frame_equal(again["units"], t["units"])
-    strict = session_limits(30, cfg, work, TINY["model"], TINY["train"], TINY["selection"],
-                            trust={"min_frac_oracle": 5.0}, options=True)
+def test_new_trust_thresholds_change_the_labels_only(tiny, cache, calls, tmp_path):
+    t = tiny[2]
+    strict = _stage(tmp_path, cache, trust={"min_frac_oracle": 5.0})
+    assert calls == {"fit": 0, "simulate": 0, "select": 0}
     assert "high" not in set(strict["units"]["trust"])
     assert strict["units"]["trust_reasons"].str.contains("oracle").all()
-    with pytest.raises(AssertionError, match="recomputed"):  # another setting: recomputed
-        session_limits(30, cfg, work, TINY["model"], dict(TINY["train"], seed=1),
-                       TINY["selection"], options=True)
+    label = ["trust", "trust_reasons"]
+    pd.testing.assert_frame_equal(strict["units"].drop(columns=label),
+                                  t["units"].drop(columns=label))
+    pd.testing.assert_frame_equal(strict["models"], t["models"])
+    pd.testing.assert_frame_equal(strict["session"], t["session"])
+
+
+def test_a_new_selection_rule_recomputes_the_select_pieces_only(tiny, cache, calls, tmp_path):
+    t = tiny[2]
+    loose = _stage(tmp_path, cache, selection=dict(TINY["selection"], oracle_quantile=0.1))
+    assert calls == {"fit": 0, "simulate": 0, "select": 1}
+    pd.testing.assert_frame_equal(loose["models"], t["models"])  # same units, same fits
+    rule = ["selected", "selection_stability", "trust", "trust_reasons"]
+    pd.testing.assert_frame_equal(loose["units"].drop(columns=rule), t["units"].drop(columns=rule))
+    s, s0 = loose["session"].iloc[0], t["session"].iloc[0]
+    assert s["n_selected"] > s0["n_selected"] and s["recall"] >= s0["recall"]
+
+
+def test_a_new_model_setting_refits_without_resimulating(tiny, cache, calls, monkeypatch):
+    import meireport.models
+
+    def boom(*a, **k):
+        raise AssertionError("refitted")
+
+    monkeypatch.setattr(meireport.models, "fit_model", boom)
+    same = limits.unit_piece(30, "simple", 0, TINY_STUDY, TINY["model"], TINY["train"], cache)
+    assert same == CACHED  # found, not computed: what the engine reports as cached
+    (task,) = [t for t in limits.plan_tasks(TINY_STUDY, TINY["model"], TINY["train"],
+                                            TINY["selection"], cache=str(cache))
+               if t.task_id == "limits/n30/population"]
+    assert execute_call(task).status == "cached"
+    with pytest.raises(AssertionError, match="refitted"):
+        limits.unit_piece(30, "simple", 0, TINY_STUDY, TINY["model"],
+                          dict(TINY["train"], seed=1), cache)
+    assert calls["simulate"] == 0
+
+
+def test_an_incomplete_entry_is_recomputed_not_used(tiny, cache, calls, tmp_path):
+    t = tiny[2]
+    timing = {"session": ["seconds"], "units": ["mei_seconds"], "models": ["seconds"]}
+    (_entry(cache, "limits/n30/unit/complex/1") / "entry.json").unlink()  # a killed writer
+    again = _stage(tmp_path / "a", cache)
+    assert calls["fit"] > 0 and calls["simulate"] == 0 and calls["select"] == 0
+    for name, df in t.items():  # the same numbers, recomputed
+        pd.testing.assert_frame_equal(again[name].drop(columns=timing[name]),
+                                      df.drop(columns=timing[name]))
+    trials = _entry(cache, "limits/n30/sim") / "session" / "trials.npz"
+    trials.write_bytes(trials.read_bytes()[:100])  # a truncated file
+    calls.update(fit=0)
+    again = _stage(tmp_path / "b", cache)
+    assert calls == {"fit": 0, "simulate": 1, "select": 0}  # the pieces after it: same keys
+    pd.testing.assert_frame_equal(again["units"], t["units"].assign(
+        mei_seconds=again["units"]["mei_seconds"]))
+    assert np.load(trials)["data"].shape[1] == 30
+
+
+def test_plan_tasks_is_a_graph_of_the_pieces(tmp_path):
+    args = (TINY["model"], TINY["train"], TINY["selection"])
+    tasks = limits.plan_tasks(TINY_STUDY, *args, cache=str(tmp_path))
+    ids = [t.task_id for t in tasks]
+    assert len(ids) == len(set(ids)) == 1 + 1 + 2 * 2 + 1  # sim, select, 2 x 2 units, population
+    seen = set()
+    for t in tasks:  # every dep exists and comes first: no cycle
+        assert set(t.deps) <= seen, (t.task_id, t.deps)
+        seen.add(t.task_id)
+        assert (t.stage, t.session_id) == ("limits", -1)
+        assert json.loads(json.dumps(t.kwargs)) == t.kwargs
+        assert t.kwargs["cache"] == str(tmp_path.resolve())
+        module, _, name = t.func.partition(":")
+        assert callable(getattr(importlib.import_module(module), name))
+    units = [t for t in tasks if "/unit/" in t.task_id]
+    assert [t.task_id for t in units] == ["limits/n30/unit/simple/0", "limits/n30/unit/simple/1",
+                                          "limits/n30/unit/complex/0", "limits/n30/unit/complex/1"]
+    assert all(t.deps == ("limits/n30/sim",) for t in units)
+    assert "selection" not in units[0].kwargs and "selection" in tasks[1].kwargs
+    two = dict(TINY_STUDY, n_images=[30, 60], population=False)
+    assert len(limits.plan_tasks(two, *args, cache=str(tmp_path))) == 2 * (1 + 1 + 2 * 2)
+    assert limits.plan_tasks(dict(TINY_STUDY, enabled=False), *args) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,8 +227,9 @@ def study(tmp_path_factory):
                                 "crop_size": 24}}).to_json_dict()
     cfg = LimitsParams(n_images=[118, 1000], n_repeats=50, n_units=3, options_at=None,
                        mei_steps=150, population=False)
-    tables = limits.run_limits(cfg, tmp_path_factory.mktemp("study"), p["model"], p["train"],
-                               p["selection"])
+    tables = limits.limits_stage(tmp_path_factory.mktemp("study"), cfg.model_dump(mode="json"),
+                                 p["model"], p["train"], p["selection"],
+                                 cache=tmp_path_factory.mktemp("study_cache"))
     u = tables["units"]
     print(u[["n_images", "unit_id", "true_kind", "oracle_corr", "true_corr", "mei_rf_corr",
              "mei_reliability", "trust"]].round(2).to_string())

@@ -5,7 +5,8 @@ one response per neuron and knows nothing of convolutions. :class:`CNNModel` joi
 the per-neuron CNN; several: the shared-core population model).
 
 Fitting is split by concern: ``data`` (responses, splits), ``fit`` (config, training loop),
-``evaluate`` (test correlation, CI, frac_oracle), ``checkpoint`` (save / load).
+``evaluate`` (test correlation, CI, frac_oracle), ``checkpoint`` (save / load), ``device``
+(``run.device`` -> the torch device training and prediction run on).
 """
 
 from meireport.models.checkpoint import (
@@ -24,6 +25,7 @@ from meireport.models.data import (
     make_split,
     new_images,
 )
+from meireport.models.device import DEVICES, model_device, resolve_device
 from meireport.models.evaluate import (
     bootstrap_corr_ci,
     evaluate,
@@ -52,6 +54,7 @@ __all__ = [
     "CNNConfig",
     "CNNModel",
     "CoreConfig",
+    "DEVICES",
     "Ensemble",
     "FactorizedReadout",
     "GaborSet",
@@ -77,9 +80,11 @@ __all__ = [
     "load_responses",
     "make_readout",
     "make_split",
+    "model_device",
     "new_images",
     "pearson",
     "poisson_loglik",
+    "resolve_device",
     "save_checkpoint",
     "single_trial_corr",
     "true_rate_corr",

@@ -14,6 +14,7 @@ from torch import nn
 from meireport.errors import MeireportError
 from meireport.models.config import TrainConfig
 from meireport.models.data import Split
+from meireport.models.device import resolve_device
 from meireport.models.evaluate import predict_counts
 from meireport.models.network import Ensemble, build_model
 
@@ -47,7 +48,11 @@ def _plain(v):
 
 
 def save_checkpoint(trained: TrainedModel, path) -> Path:
-    """Save a :class:`TrainedModel` with ``torch.save`` (plain values and tensors only)."""
+    """Save a :class:`TrainedModel` with ``torch.save`` (plain values and CPU tensors only).
+
+    The weights are written as CPU tensors whatever device the model trained on, so the file
+    loads on a machine without a GPU (:func:`load_model` moves them where asked).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = trained.metrics.reset_index()
@@ -55,7 +60,7 @@ def save_checkpoint(trained: TrainedModel, path) -> Path:
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "spec": trained.model.spec(),
-        "state_dict": trained.model.state_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
         "unit_ids": [int(u) for u in trained.unit_ids],
         "kind": trained.kind,
         "train_config": trained.train_config.to_dict(),
@@ -73,16 +78,31 @@ def save_checkpoint(trained: TrainedModel, path) -> Path:
     return path
 
 
-def load_model(path) -> TrainedModel:
+def load_model(path, device=None) -> TrainedModel:
     """Load a checkpoint written by :meth:`TrainedModel.save` (``weights_only=True``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+    device : str or torch.device, optional
+        Where the model goes (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda"``);
+        None: the CPU. The file is read onto the CPU first, so any checkpoint loads anywhere.
+
+    Returns
+    -------
+    TrainedModel
+        In eval mode, on ``device``.
 
     Raises
     ------
     MeireportError
         One line when the file is missing, corrupt or truncated, not a meireport model, of
-        another format version, or when its weights do not match its model spec.
+        another format version, or when its weights do not match its model spec; or when
+        ``device`` is unknown or a GPU that torch does not see (:func:`resolve_device`).
     """
     path = Path(path)
+    dev = torch.device("cpu") if device is None else resolve_device(device)
     if not path.is_file():
         raise MeireportError(f"checkpoint: {path} does not exist")
     try:
@@ -115,7 +135,7 @@ def load_model(path) -> TrainedModel:
         raise MeireportError(
             f"checkpoint: {path} has {len(unit_ids)} unit ids for a model of {model.n_units} units"
         )
-    model.eval()
+    model = model.to(dev).eval()
     return TrainedModel(
         model=model,
         unit_ids=unit_ids,
@@ -169,7 +189,7 @@ class TrainedModel:
     extra: dict = field(default_factory=dict)
 
     def predict(self, images, batch_size: int = 256) -> np.ndarray:
-        """Predicted spike counts, ``images x units``."""
+        """Predicted spike counts, ``images x units`` (run on the model's device, numpy out)."""
         return predict_counts(self.model, images, batch_size)
 
     def predict_with_spread(self, images) -> tuple[np.ndarray, np.ndarray]:

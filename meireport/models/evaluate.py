@@ -10,6 +10,7 @@ from torch import nn
 from meireport.errors import MeireportError
 from meireport.models.config import TrainConfig
 from meireport.models.data import ResponseData, Split, new_images
+from meireport.models.device import model_device
 from meireport.models.network import Ensemble
 
 __all__ = [
@@ -124,17 +125,31 @@ def poisson_loglik(pred, trials) -> float:
 # --------------------------------------------------------------------------------------------
 def predict_counts(model: nn.Module, images, batch_size: int = 256,
                    members: bool = False) -> np.ndarray:
-    """Predicted counts, ``images x units`` (``members x images x units`` with ``members``)."""
+    """Predicted counts, ``images x units`` (``members x images x units`` with ``members``).
+
+    The model runs where its parameters are (:func:`model_device`); ``images`` (an array or a
+    tensor on any device) go there batch by batch, the counts come back as float64 numpy.
+
+    Examples
+    --------
+    >>> from meireport.models.ln import LNModel
+    >>> predict_counts(LNModel(), np.full((3, 60, 96), 0.5)).shape
+    (3, 1)
+    """
     model.eval()
-    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    device = model_device(model)
+    if torch.is_tensor(images):
+        x = images.detach().to(torch.float32)
+    else:
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32))
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size]
+            xb = x[i : i + batch_size].to(device)
             if members:
-                out.append(model.members_forward(xb).numpy())
+                out.append(model.members_forward(xb).cpu().numpy())
             else:
-                out.append(model(xb).numpy())
+                out.append(model(xb).cpu().numpy())
     axis = 1 if members else 0
     return np.concatenate(out, axis=axis).astype(np.float64)
 

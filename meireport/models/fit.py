@@ -14,6 +14,7 @@ from meireport.errors import MeireportError
 from meireport.models.checkpoint import TrainedModel
 from meireport.models.config import MODEL_KINDS, TrainConfig
 from meireport.models.data import ResponseData, Split, make_split
+from meireport.models.device import resolve_device
 from meireport.models.evaluate import evaluate, pearson, predict_counts
 from meireport.models.ln import LNConfig, LNModel
 from meireport.models.network import CNNConfig, CNNModel, Ensemble
@@ -46,20 +47,23 @@ def _corr_t(pred: np.ndarray, obs: np.ndarray) -> float:
 class _Tensors:
     x_train: torch.Tensor
     y_train: torch.Tensor
-    x_val: np.ndarray
+    x_val: torch.Tensor
     y_val: np.ndarray
     g_images: torch.Tensor | None = None
     g_targets: torch.Tensor | None = None
     g_weight: float = 1.0
 
 
-def _tensors(data: ResponseData, rows: np.ndarray, split: Split, cfg: TrainConfig) -> _Tensors:
+def _tensors(
+    data: ResponseData, rows: np.ndarray, split: Split, cfg: TrainConfig, device: torch.device
+) -> _Tensors:
+    """Training and validation tensors on ``device`` (validation targets stay numpy)."""
     means = data.means()[rows]
     tr, va = data.image_rows(split.train), data.image_rows(split.val)
     t = _Tensors(
-        x_train=torch.as_tensor(data.images[tr]),
-        y_train=torch.as_tensor(means[:, tr].T, dtype=torch.float32),
-        x_val=data.images[va],
+        x_train=torch.as_tensor(data.images[tr]).to(device),
+        y_train=torch.as_tensor(means[:, tr].T, dtype=torch.float32).to(device),
+        x_val=torch.as_tensor(data.images[va]).to(device),
         y_val=means[:, va].T,
     )
     if np.isnan(means[:, tr]).any() or np.isnan(means[:, va]).any():
@@ -71,8 +75,8 @@ def _tensors(data: ResponseData, rows: np.ndarray, split: Split, cfg: TrainConfi
                 "(load_responses(..., gabors=True))"
             )
         g = data.gabors
-        t.g_images = torch.as_tensor(g.images)
-        t.g_targets = torch.as_tensor(g.responses[rows].T, dtype=torch.float32)
+        t.g_images = torch.as_tensor(g.images).to(device)
+        t.g_targets = torch.as_tensor(g.responses[rows].T, dtype=torch.float32).to(device)
         if cfg.gabor_weight is None:
             n_nat = np.isfinite(data.trials[rows[0]]).sum(axis=1).mean()
             t.g_weight = float(np.mean(g.n_repeats) / max(n_nat, 1))
@@ -82,6 +86,7 @@ def _tensors(data: ResponseData, rows: np.ndarray, split: Split, cfg: TrainConfi
 
 
 def _batches(t: _Tensors, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[str, torch.Tensor]]:
+    """Shuffled index batches (drawn on the CPU from ``gen``: the same on every device)."""
     bs = int(cfg.batch_size)
     out = [("nat", b) for b in torch.randperm(len(t.x_train), generator=gen).split(bs)]
     if t.g_images is not None:
@@ -91,6 +96,7 @@ def _batches(t: _Tensors, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[
 
 
 def _step_loss(model: nn.Module, t: _Tensors, kind: str, idx: torch.Tensor, loss: str):
+    idx = idx.to(t.x_train.device)
     if kind == "nat":
         return _loss(model(t.x_train[idx]), t.y_train[idx], loss)
     imgs = t.g_images[idx]  # b x phases x rows x cols
@@ -103,7 +109,7 @@ def _train_one(model: nn.Module, t: _Tensors, cfg: TrainConfig, seed: int, desc:
     """Adam + plateau LR schedule + early stopping on validation correlation; best restored."""
     from tqdm.auto import tqdm
 
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(seed))  # CPU generator: index shuffling only
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -204,6 +210,7 @@ def fit_model(
     oracle=None,
     truth=None,
     split: Split | None = None,
+    device=None,
 ) -> TrainedModel:
     """Fit an LN or CNN model to some units' natural-scene responses and evaluate it.
 
@@ -231,10 +238,16 @@ def fit_model(
         Simulated sessions: adds the correlation with the true rate on new images.
     split : Split, optional
         Image split (default: :func:`make_split` with the config's fractions and seed).
+    device : str or torch.device, optional
+        Where to train (:func:`resolve_device`: ``"auto"``, ``"cpu"``, ``"cuda"``); None: the
+        CPU. Weights are initialised on the CPU from the seed, then moved; batches are shuffled
+        on the CPU, so a CPU fit is bit-identical whatever is asked and a GPU fit differs only
+        by floating-point rounding.
 
     Returns
     -------
     TrainedModel
+        Its model stays on ``device``; metrics and predictions are numpy on the CPU.
 
     Examples
     --------
@@ -248,6 +261,8 @@ def fit_model(
     ...                 train_config=TrainConfig(max_epochs=30, val_frac=0.2, test_frac=0.2))
     >>> bool(fit.metrics.loc[7, "test_corr"] > 0.5)
     True
+    >>> next(fit.model.parameters()).device
+    device(type='cpu')
     """
     if kind not in MODEL_KINDS:
         raise MeireportError(f"kind: expected one of {MODEL_KINDS}, got {kind!r}")
@@ -262,20 +277,22 @@ def fit_model(
         )
     if not isinstance(data, ResponseData):
         raise MeireportError(f"data: expected ResponseData, got {type(data).__name__}")
+    dev = torch.device("cpu") if device is None else resolve_device(device)
     ids = data.unit_ids if unit_ids is None else np.atleast_1d(np.asarray(unit_ids, np.int64))
     rows = data.rows(ids)
     centres = _check_centres(rf_centres, len(ids))
     split = make_split(data.image_ids, cfg.val_frac, cfg.test_frac, cfg.split_seed) if (
         split is None
     ) else split
-    t = _tensors(data, rows, split, cfg)
+    t = _tensors(data, rows, split, cfg, dev)
     start = time.perf_counter()
     members, history = [], []
     for k in range(cfg.ensemble):
         seed = cfg.seed + k
         torch.manual_seed(seed)
         model = _build(kind, model_config, len(ids), centres, data.images.shape[1:])
-        model.init_bias(t.y_train.mean(dim=0).numpy())
+        model.init_bias(t.y_train.cpu().mean(dim=0).numpy())
+        model = model.to(dev)
         desc = f"{kind} {ids[0]}" + (f" +{len(ids) - 1}" if len(ids) > 1 else "")
         rows_k = _train_one(model, t, cfg, seed, desc + (f" [{k}]" if cfg.ensemble > 1 else ""))
         history += [{"member": k} | r for r in rows_k]

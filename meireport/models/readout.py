@@ -268,8 +268,8 @@ class FactorizedReadout(nn.Module):
         _, h, w = self.in_shape
         m = self.mask.detach().abs()
         m = m / m.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-        col = (m.sum(dim=1) * torch.arange(w, dtype=m.dtype)).sum(dim=1)
-        row = (m.sum(dim=2) * torch.arange(h, dtype=m.dtype)).sum(dim=1)
+        col = (m.sum(dim=1) * torch.arange(w, dtype=m.dtype, device=m.device)).sum(dim=1)
+        row = (m.sum(dim=2) * torch.arange(h, dtype=m.dtype, device=m.device)).sum(dim=1)
         return torch.stack([2 * col / max(w - 1, 1) - 1, 2 * row / max(h - 1, 1) - 1], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

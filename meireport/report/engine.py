@@ -12,7 +12,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-__all__ = ["CallTask", "CallResult", "execute_call", "run_graph", "GraphError"]
+__all__ = ["CACHED", "CallTask", "CallResult", "execute_call", "run_graph", "GraphError"]
+
+
+#: What a call task's function returns when it found its result already computed.
+CACHED = "cached"
 
 
 @dataclass
@@ -24,7 +28,9 @@ class CallTask:
     task_id : str
         Unique within the run, e.g. ``limits/n118/unit/simple/0``.
     func : str
-        ``"package.module:function"``; called as ``function(**kwargs)`` in a worker.
+        ``"package.module:function"``; called as ``function(**kwargs)`` in a worker. It
+        returns :data:`CACHED` when it found its result already computed (the task is then
+        ``cached``, not ``ok``).
     kwargs : dict
         JSON-able keyword arguments.
     deps : tuple of str
@@ -64,13 +70,14 @@ def execute_call(task: CallTask) -> CallResult:
     t0 = time.perf_counter()
     try:
         module, _, name = task.func.partition(":")
-        getattr(importlib.import_module(module), name)(**task.kwargs)
+        out = getattr(importlib.import_module(module), name)(**task.kwargs)
     except Exception as exc:  # one failing piece must not stop the others
         text = str(exc).strip().splitlines()
         return CallResult(task.task_id, "failed", time.perf_counter() - t0,
                           f"{type(exc).__name__}: {text[-1] if text else ''}",
                           traceback.format_exc())
-    return CallResult(task.task_id, "ok", time.perf_counter() - t0)
+    status = "cached" if isinstance(out, str) and out == CACHED else "ok"
+    return CallResult(task.task_id, status, time.perf_counter() - t0)
 
 
 # -------------------------------------------------------------------------------------------

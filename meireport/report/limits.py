@@ -16,8 +16,28 @@ simulator's ground truth:
 
 At one session size (``options_at``, 118 by default) every data-efficiency option of the models
 is compared: RF crop, gabor presentations added to training, ensembles, a shared-core population
-model. Each session's results are cached in its folder under a key of every setting it
-depends on, so a rerun (or a change of the trust thresholds only) recomputes nothing heavy.
+model.
+
+The study is a graph of pieces (:func:`plan_tasks`), each a function of JSON-able settings that
+computes one part of it and keeps the result in the machine's shared content-addressed store
+(:class:`meireport.store.Store` in ``cache_root(cache) / "store"``), under a key of only what it
+reads: its own settings, the keys of the pieces it reads and the source of the code it runs.
+Per session size:
+
+- ``sim`` (:func:`sim_piece`): the simulated session, extracted, and the rule-independent unit
+  measures (:func:`unit_measures`: oracle correlation, RF centres) the modelled units are chosen
+  from;
+- ``select`` (:func:`select_piece`): the report's selection rule on it: precision, recall and each
+  unit's ``selected``, ``selection_stability``, ``rf_p_value``;
+- ``unit`` (:func:`unit_piece`, ``n_units`` per tuned kind): one unit's every model variant and
+  its CNN's MEI;
+- ``population`` (:func:`population_piece`): the joint population fit(s) of the modelled units.
+
+The units chosen and every fit depend on neither the selection rule nor the trust thresholds: a
+new rule recomputes the select pieces only, and the trust label is applied when the tables are
+assembled (:func:`limits_stage`), so new thresholds recompute nothing. The run engine runs the
+pieces in parallel workers; :func:`limits_stage` runs any that is missing inline (the chapter's
+notebook also works alone), and any run of the machine with the same settings reads them back.
 
 Examples
 --------
@@ -28,8 +48,9 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,15 +59,22 @@ import numpy as np
 import pandas as pd
 
 from meireport.artifacts import load_csv, load_json, save_csv, save_json
-from meireport.report.params import LimitsParams, MEIParams, ModelParams
+from meireport.errors import MeireportError
+from meireport.report.engine import CACHED, CallTask
+from meireport.report.params import LimitsParams, MEIParams, ModelParams, SelectionParams
+from meireport.store import Store, cache_root, code_hash, content_key
 
 __all__ = [
     "Variant",
     "CURVE_VARIANTS",
     "OPTION_VARIANTS",
-    "session_limits",
-    "run_limits",
+    "sim_piece",
+    "select_piece",
+    "unit_piece",
+    "population_piece",
+    "plan_tasks",
     "limits_stage",
+    "unit_measures",
     "choose_spread",
     "curve_table",
     "options_table",
@@ -148,20 +176,8 @@ def _selection_dict(selection: dict | None) -> dict:
 
 
 # -------------------------------------------------------------------------------------------
-# one session
+# fitting one unit or the population (the pieces' science)
 # -------------------------------------------------------------------------------------------
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _simulate(n: int, cfg: LimitsParams, where: Path):
-    from meireport.sources import open_session, simulate_session
-
-    sim = simulate_session(where / "cache", seed=cfg.seed, n_images=n, n_repeats=cfg.n_repeats,
-                           population={"VISam": cfg.area_population})
-    return sim, open_session(sim.cache_dir)
-
-
 def _fit_variants(variants, data, units, centres, oracle, truth, model, train, cfg, shape):
     """Fit each variant for each unit (population variants: one joint fit).
 
@@ -199,7 +215,7 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
                                  "frac_oracle", "single_trial_corr", "true_corr") if k in m},
                              "seconds": float(fit.seconds) / len(us)})
                 fits[(v.name, int(u))] = fit
-    return pd.DataFrame(rows), fits
+    return rows, fits
 
 
 def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
@@ -221,177 +237,581 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
     return out
 
 
-def _session_gabors(sdir: Path, units, geometry) -> dict:
-    from meireport.mei import session_gabor
-    from meireport.report.stages import session_gabors
+def unit_measures(session_dir, seed: int = 0) -> pd.DataFrame:
+    """The selection stage's unit measures without its rule: what the modelled units rest on.
 
-    resp = session_gabors(sdir)
-    return {u: session_gabor(resp, int(u), geometry) for u in units}
-
-
-def session_limits(n_images: int, cfg: LimitsParams, work_dir, model: dict, train: dict,
-                   selection: dict | None = None, trust: dict | None = None,
-                   options: bool = False, progress: bool = False) -> dict[str, pd.DataFrame]:
-    """The pipeline and its ground-truth checks on one simulated session of ``n_images``.
+    The metrics (:func:`meireport.select.unit_metrics`: oracle correlation, variance, ...) and
+    the receptive fields (:func:`meireport.select.receptive_fields`: RF centre in model pixels,
+    ``has_rf``) of :func:`meireport.report.stages.select_stage`, computed the same way from the
+    extraction artifacts, plus ``true_kind`` on a simulated session; no ``selected`` column.
 
     Parameters
     ----------
-    n_images : int
-        Natural images of the simulated session.
-    cfg : LimitsParams
-        Study settings.
-    work_dir : path
-        Folder of this session size (simulated cache, artifacts, cached results).
-    model, train, selection, trust : dict
-        The report's params sections (models are configured as in the report).
-    options : bool
-        Also compare every data-efficiency option (:data:`OPTION_VARIANTS`).
-    progress : bool
-        tqdm progress over units.
+    session_dir : path
+        A folder of extraction artifacts (:func:`meireport.report.stages.extract_stage`).
+    seed : int, default 0
+        Seed of the metrics' IsolationForest and of the RF permutation test.
 
     Returns
     -------
-    dict of DataFrame
-        ``session`` (one row: selection precision/recall), ``units`` (one row per modelled unit:
-        true kind, selection metrics, MEI checks, trust) and ``models`` (one row per unit and
-        model variant: test and true-rate correlations, ``frac_oracle``, seconds).
+    DataFrame
+        One row per unit of the area.
     """
+    from meireport.artifacts import load_npz
+    from meireport.report.stages import session_gabors
+    from meireport.select import receptive_fields, unit_metrics
+    from meireport.stimuli import ScreenGeometry
+
+    sdir = Path(session_dir)
+    tr = load_npz(sdir / "trials.npz")
+    units = load_csv(sdir / "units.csv").set_index("unit_id")
+    info = load_json(sdir / "session.json")
+    ids = tr["unit_ids"].astype(np.int64)
+    means = pd.DataFrame(np.nanmean(tr["data"], axis=2).T, index=tr["image_ids"], columns=ids)
+    areas = units.loc[ids, "ecephys_structure_acronym"].astype(str).tolist()
+    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=seed)
+    g = session_gabors(sdir)
+    deg_to_px = ScreenGeometry.from_dict(info["geometry"]).deg_to_px
+    rf = receptive_fields(g.table, g.counts, deg_to_px, seed=seed)
+    metrics = metrics.merge(rf.rename(columns={"n_spikes": "rf_n_spikes"}), on="unit_id",
+                            how="left")
+    if "true_kind" in units.columns:
+        metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
+    return metrics
+
+
+# -------------------------------------------------------------------------------------------
+# the pieces: one part of the study each, kept in the shared store under what it reads
+# -------------------------------------------------------------------------------------------
+#: Package parts whose code each piece runs (a change there recomputes that piece and, through
+#: its key, every piece that reads it; a change of plots, trust or the book recomputes nothing).
+_SIM_CODE = ("sources", "extract", "select", "stimuli", "report/limits", "report/stages")
+_SELECT_CODE = ("select", "extract", "stimuli", "report/limits", "report/stages")
+_UNIT_CODE = (*_SIM_CODE, "models", "mei")
+_POPULATION_CODE = (*_SIM_CODE, "models")
+_SESSION = "session"  # a sim entry's folder of extraction artifacts
+
+
+def _store(cache) -> Store:
+    return Store(cache_root(cache) / "store")
+
+
+def _outcome(key: str, found: bool) -> str:
+    """What a piece returns to the engine: ``CACHED`` when its entry was there, else the key."""
+    return CACHED if found else key
+
+
+def _entry(store: Store, key: str, piece: str) -> Path:
+    d = store.get(key)
+    if d is None:
+        raise MeireportError(f"limits: the {piece} piece's entry {key[:12]} is not in "
+                             f"{store.root} (was it removed while the study ran?)")
+    return d
+
+
+def _fit_settings(model: dict | None, train: dict | None) -> dict:
+    """The model and train sections as a key sees them: defaults filled in, progress left out."""
+    from meireport.models import TrainConfig
+
+    tr = TrainConfig.from_dict(dict(train or {})).to_dict()
+    tr.pop("progress", None)
+    return {"model": ModelParams.from_dict(model).model_dump(mode="json"), "train": tr}
+
+
+def _sim_key(n: int, cfg: LimitsParams) -> str:
+    shape = cfg.model_dump(mode="json", include={"seed", "n_repeats", "area_population"})
+    return content_key("limits/sim", int(n), shape, code_hash(*_SIM_CODE))
+
+
+def _measures(entry: Path) -> pd.DataFrame:
+    return load_csv(entry / "measures.csv")
+
+
+def _fit_inputs(entry: Path, units):
+    """What the fits of ``units`` read from a sim entry (data, truth, RF centres, oracle)."""
+    from meireport.report.stages import response_data, rf_centre
+    from meireport.sources.simulate import load_ground_truth
+    from meireport.stimuli import ScreenGeometry
+
+    sdir = entry / _SESSION
+    info = load_json(sdir / "session.json")
+    rows = _measures(entry).set_index("unit_id").loc[list(units)]
+    return {"sdir": sdir, "data": response_data(sdir, gabors=True),
+            "truth": load_ground_truth(sdir / info["ground_truth"]),
+            "geometry": ScreenGeometry.from_dict(info["geometry"]),
+            "centres": {u: rf_centre(rows.loc[u]) for u in units},
+            "oracle": rows["oracle_corr"].astype(float).to_dict(), "rows": rows}
+
+
+def sim_piece(n: int, limits: dict | None = None, cache: str | None = None) -> str:
+    """The ``sim`` piece: the simulated session of ``n`` images, extracted and measured.
+
+    Simulates the session, extracts it (:func:`meireport.report.stages.extract_stage`) and
+    computes the rule-independent unit measures the modelled units are chosen from
+    (:func:`unit_measures`, ``measures.csv``). The entry keeps what later pieces read: the
+    extraction artifacts (``session/``) and the ground truth; the NWB file and image templates
+    are dropped once extracted.
+
+    Key: ``n``, the study's ``seed``, ``n_repeats`` and ``area_population``, the code of
+    ``sources``, ``extract``, ``select``, ``stimuli``, ``report/limits``, ``report/stages``.
+
+    Parameters
+    ----------
+    n : int
+        Natural images of the session.
+    limits : dict, optional
+        The ``limits`` params section (only the fields above are read).
+    cache : str, optional
+        The shared cache folder (:func:`meireport.store.cache_root`); entries go to its
+        ``store`` folder.
+
+    Returns
+    -------
+    str
+        :data:`meireport.report.engine.CACHED` when the entry was already there (computing
+        nothing: the engine then reports the task ``cached``), else the new entry's key.
+    """
+    return _outcome(*_sim(n, limits, cache))
+
+
+def _sim(n: int, limits: dict | None = None, cache: str | None = None) -> tuple[str, bool]:
+    """The sim piece: its entry's key, and whether the entry was already there."""
+    from meireport.report.stages import extract_stage, single_thread_torch
+    from meireport.sources import open_session, simulate_session
+
+    single_thread_torch()
+    cfg, store = LimitsParams.from_dict(limits), _store(cache)
+    key = _sim_key(n, cfg)
+    if store.get(key) is not None:
+        return key, True
+    meta = {"piece": "sim", "n_images": int(n)}
+
+    def write(d: Path) -> None:
+        t0 = time.perf_counter()
+        sim = simulate_session(d / "cache", seed=cfg.seed, n_images=int(n),
+                               n_repeats=cfg.n_repeats, population={"VISam": cfg.area_population})
+        with open_session(sim.cache_dir) as session:
+            extract_stage(session, d / _SESSION, area="VISam")
+        save_csv(d / "measures.csv", unit_measures(d / _SESSION, seed=cfg.seed), index=False)
+        sim.nwb_path.unlink()  # read by the extraction only
+        shutil.rmtree(d / "cache" / "natural_scene_templates", ignore_errors=True)
+        meta["seconds"] = time.perf_counter() - t0
+
+    store.put(key, write, meta)
+    return key, False
+
+
+def select_piece(n: int, limits: dict | None = None, selection: dict | None = None,
+                 cache: str | None = None) -> str:
+    """The ``select`` piece: the report's selection rule on the session of ``n`` images.
+
+    :func:`meireport.report.stages.select_stage` with the rule without its caps
+    (``max_units``, ``units``) on the sim piece's artifacts: precision and recall against the
+    truly tuned units, and each unit's ``selected``, ``selection_stability`` and ``rf_p_value``
+    (``selection.json``). Nothing else of the study depends on the rule.
+
+    Key: the sim piece's key, the ``selection`` section (defaults filled in), the code of
+    ``select``, ``extract``, ``stimuli``, ``report/limits``, ``report/stages``.
+
+    Parameters
+    ----------
+    n : int
+        Natural images of the session.
+    limits : dict, optional
+        The ``limits`` params section (the sim piece's fields).
+    selection : dict, optional
+        The ``selection`` params section.
+    cache : str, optional
+        The shared cache folder.
+
+    Returns
+    -------
+    str
+        :data:`meireport.report.engine.CACHED` when the entry was already there (computing
+        nothing: the engine then reports the task ``cached``), else the new entry's key.
+    """
+    return _outcome(*_select(n, limits, selection, cache))
+
+
+def _select(n: int, limits: dict | None = None, selection: dict | None = None,
+            cache: str | None = None) -> tuple[str, bool]:
+    """The select piece: its entry's key, and whether the entry was already there."""
+    from meireport.report.stages import select_stage, single_thread_torch
+
+    single_thread_torch()
+    store = _store(cache)
+    sim, _ = _sim(n, limits, cache)
+    rule = _selection_dict(selection)
+    key = content_key("limits/select", sim,
+                      SelectionParams.from_dict(rule).model_dump(mode="json"),
+                      code_hash(*_SELECT_CODE))
+    if store.get(key) is not None:
+        return key, True
+    src = _entry(store, sim, "sim") / _SESSION
+    meta = {"piece": "select", "n_images": int(n)}
+
+    def write(d: Path) -> None:
+        t0 = time.perf_counter()
+        # select_stage writes beside its inputs: linked into a scratch folder, never the entry
+        with tempfile.TemporaryDirectory(prefix="meireport-select-") as tmp:
+            for name in ("trials.npz", "units.csv", "gabors.npz", "session.json"):
+                try:
+                    (Path(tmp) / name).symlink_to(src / name)
+                except OSError:  # a file system without symbolic links
+                    shutil.copy2(src / name, Path(tmp) / name)
+            sel = select_stage(tmp, rule)
+        tuned = sel["true_kind"].isin(TUNED)
+        chosen = sel["selected"].astype(bool)
+        session = {
+            "n_images": int(n), "n_units": len(sel), "n_tuned": int(tuned.sum()),
+            "n_selected": int(chosen.sum()),
+            "precision": float((chosen & tuned).sum() / max(chosen.sum(), 1)),
+            "recall": float((chosen & tuned).sum() / max(tuned.sum(), 1)),
+        }
+        units = {str(int(r["unit_id"])): {
+            "selected": bool(r["selected"]),
+            "selection_stability": float(r.get("selection_stability", np.nan)),
+            "rf_p_value": float(r.get("rf_p_value", np.nan))} for _, r in sel.iterrows()}
+        save_json(d / "selection.json", {"session": session, "units": units})
+        meta["seconds"] = time.perf_counter() - t0
+
+    store.put(key, write, meta)
+    return key, False
+
+
+def _slot_unit(measures: pd.DataFrame, kind: str, slot: int, n_units: int) -> int | None:
+    """Slot ``slot`` of :func:`choose_spread` among the units of ``kind`` (None: no such slot)."""
+    ids = choose_spread(measures[measures["true_kind"] == kind], n_units)
+    return int(ids[slot]) if 0 <= slot < len(ids) else None
+
+
+def unit_piece(n: int, kind: str, slot: int, limits: dict | None = None,
+               model: dict | None = None, train: dict | None = None,
+               cache: str | None = None) -> str:
+    """The ``unit`` piece: one modelled unit's every model variant and its CNN's MEI.
+
+    The unit is slot ``slot`` of :func:`choose_spread` (``n_units`` of them) among the units of
+    true kind ``kind``, from the sim piece's measures: it depends on neither the selection rule
+    nor the trust thresholds. Fits every non-population variant of :data:`CURVE_VARIANTS` (and
+    of :data:`OPTION_VARIANTS` when ``n`` is ``options_at``), then the CNN's MEI and its checks
+    against the truth (``unit.json``). A slot the session has no unit for stores an empty result.
+
+    Key: the sim piece's key, the unit's id, the ``model`` and ``train`` sections (defaults
+    filled in), ``mei_steps``, ``mei_starts``, ``seed``, whether the options are compared (and
+    then ``crop`` and ``ensemble``), the code of the sim piece plus ``models`` and ``mei``. A
+    change of ``n_units`` reuses the units that keep their place in the spread.
+
+    Parameters
+    ----------
+    n : int
+        Natural images of the session.
+    kind : {"simple", "complex"}
+        True kind of the unit.
+    slot : int
+        Its place among the ``n_units`` units of that kind (0: the most reliable).
+    limits, model, train : dict, optional
+        The ``limits``, ``model`` and ``train`` params sections.
+    cache : str, optional
+        The shared cache folder.
+
+    Returns
+    -------
+    str
+        :data:`meireport.report.engine.CACHED` when the entry was already there (computing
+        nothing: the engine then reports the task ``cached``), else the new entry's key.
+    """
+    return _outcome(*_unit(n, kind, slot, limits, model, train, cache))
+
+
+def _unit(n: int, kind: str, slot: int, limits: dict | None = None,
+          model: dict | None = None, train: dict | None = None,
+          cache: str | None = None) -> tuple[str, bool]:
+    """The unit piece: its entry's key, and whether the entry was already there."""
+    from meireport.report.stages import single_thread_torch
+
+    single_thread_torch()
+    if kind not in TUNED:
+        raise MeireportError(f"unit_piece: kind must be one of {TUNED}, got {kind!r}")
+    cfg, store = LimitsParams.from_dict(limits), _store(cache)
+    sim, _ = _sim(n, limits, cache)
+    entry = _entry(store, sim, "sim")
+    uid = _slot_unit(_measures(entry), kind, int(slot), cfg.n_units)
+    options = n == cfg.options_at
+    if uid is None:
+        key = content_key("limits/unit", sim, kind, int(slot), cfg.n_units, None)
+    else:
+        fields = {"mei_steps", "mei_starts", "seed"} | ({"crop", "ensemble"} if options else set())
+        key = content_key("limits/unit", sim, uid, options, _fit_settings(model, train),
+                          cfg.model_dump(mode="json", include=fields), code_hash(*_UNIT_CODE))
+    if store.get(key) is not None:
+        return key, True
+    meta = {"piece": "unit", "n_images": int(n), "unit_id": uid}
+
+    def write(d: Path) -> None:
+        t0 = time.perf_counter()
+        out = {"unit": None, "models": []}
+        if uid is not None:
+            out = _fit_unit(entry, n, uid, options, cfg, dict(model or {}), dict(train or {}))
+        save_json(d / "unit.json", out)
+        meta["seconds"] = time.perf_counter() - t0
+
+    store.put(key, write, meta)
+    return key, False
+
+
+def _fit_unit(entry: Path, n: int, uid: int, options: bool, cfg: LimitsParams, model: dict,
+              train: dict) -> dict:
+    from meireport.mei import session_gabor
+    from meireport.report.stages import session_gabors
+
+    x = _fit_inputs(entry, [uid])
+    variants = [v for v in list(CURVE_VARIANTS) + (list(OPTION_VARIANTS) if options else [])
+                if not v.population]
+    rows, fits = _fit_variants(variants, x["data"], [uid], x["centres"], x["oracle"],
+                               x["truth"], model, train, cfg, x["geometry"].shape)
+    fit = fits[("CNN", uid)]
+    r, mm = x["rows"].loc[uid], fit.metrics.loc[uid]
+    sg = session_gabor(session_gabors(x["sdir"]), uid, x["geometry"])
+    unit = {
+        "n_images": int(n), "unit_id": uid,
+        "true_kind": str(r["true_kind"]), "oracle_corr": float(r["oracle_corr"]),
+        "test_corr": float(mm["test_corr"]), "test_corr_ci_low": float(mm["test_corr_ci_low"]),
+        "test_corr_ci_high": float(mm["test_corr_ci_high"]),
+        "frac_oracle": float(mm["frac_oracle"]), "true_corr": float(mm["true_corr"]),
+        **_mei_values(fit, uid, x["data"], x["truth"], sg, cfg),
+    }
+    return {"unit": unit, "models": rows}
+
+
+def _chosen_units(measures: pd.DataFrame, cfg: LimitsParams) -> list[int]:
+    return [int(u) for u in choose_spread(measures, cfg.n_units, by="true_kind")]
+
+
+def population_piece(n: int, limits: dict | None = None, model: dict | None = None,
+                     train: dict | None = None, cache: str | None = None) -> str:
+    """The ``population`` piece: the joint fit(s) of the shared-core population model.
+
+    One fit of all modelled units (those of every :func:`unit_piece` of the size, in their
+    order) per population variant: ``population CNN`` and, when ``n`` is ``options_at``, the
+    ``population`` option (``population.json``).
+
+    Key: the sim piece's key, the modelled units' ids, whether the options are compared, the
+    ``model`` and ``train`` sections (defaults filled in), the code of the sim piece plus
+    ``models``.
+
+    Parameters
+    ----------
+    n : int
+        Natural images of the session.
+    limits, model, train : dict, optional
+        The ``limits``, ``model`` and ``train`` params sections.
+    cache : str, optional
+        The shared cache folder.
+
+    Returns
+    -------
+    str
+        :data:`meireport.report.engine.CACHED` when the entry was already there (computing
+        nothing: the engine then reports the task ``cached``), else the new entry's key.
+    """
+    return _outcome(*_population(n, limits, model, train, cache))
+
+
+def _population(n: int, limits: dict | None = None, model: dict | None = None,
+                train: dict | None = None, cache: str | None = None) -> tuple[str, bool]:
+    """The population piece: its entry's key, and whether the entry was already there."""
+    from meireport.report.stages import single_thread_torch
+
+    single_thread_torch()
+    cfg, store = LimitsParams.from_dict(limits), _store(cache)
+    sim, _ = _sim(n, limits, cache)
+    entry = _entry(store, sim, "sim")
+    units = _chosen_units(_measures(entry), cfg)
+    options = n == cfg.options_at
+    key = content_key("limits/population", sim, units, options, _fit_settings(model, train),
+                      code_hash(*_POPULATION_CODE))
+    if store.get(key) is not None:
+        return key, True
+    meta = {"piece": "population", "n_images": int(n), "unit_ids": units}
+
+    def write(d: Path) -> None:
+        t0 = time.perf_counter()
+        variants = [v for v in list(CURVE_VARIANTS) + (list(OPTION_VARIANTS) if options else [])
+                    if v.population]
+        rows = []
+        if units:
+            x = _fit_inputs(entry, units)
+            rows, _ = _fit_variants(variants, x["data"], units, x["centres"], x["oracle"],
+                                    x["truth"], dict(model or {}), dict(train or {}), cfg,
+                                    x["geometry"].shape)
+        save_json(d / "population.json", {"models": rows})
+        meta["seconds"] = time.perf_counter() - t0
+
+    store.put(key, write, meta)
+    return key, False
+
+
+# -------------------------------------------------------------------------------------------
+# the whole study: its graph, and its tables assembled from the store
+# -------------------------------------------------------------------------------------------
+def _json(d) -> dict:
+    return json.loads(json.dumps(dict(d or {})))
+
+
+def _plan(cfg: LimitsParams, model, train, selection, cache: str) -> list[CallTask]:
+    study = cfg.model_dump(mode="json")
+    fit = {"model": _json(model), "train": _json(train)}
+    tasks = []
+
+    def add(name: str, piece: str, deps=(), **kw) -> str:
+        tasks.append(CallTask(name, f"{__name__}:{piece}", dict(kw, limits=study, cache=cache),
+                              deps=tuple(deps), stage="limits", session_id=-1))
+        return name
+
+    for n in cfg.n_images:
+        sim = add(f"limits/n{n}/sim", "sim_piece", n=n)
+        add(f"limits/n{n}/select", "select_piece", [sim], n=n, selection=_json(selection))
+        for kind in TUNED:
+            for slot in range(cfg.n_units):
+                add(f"limits/n{n}/unit/{kind}/{slot}", "unit_piece", [sim], n=n, kind=kind,
+                    slot=slot, **fit)
+        if cfg.population:
+            add(f"limits/n{n}/population", "population_piece", [sim], n=n, **fit)
+    return tasks
+
+
+def plan_tasks(limits: dict | None, model: dict | None, train: dict | None,
+               selection: dict | None, cache: str | None = None) -> list[CallTask]:
+    """The study as a static graph of pieces, for the run engine's parallel workers.
+
+    Per session size ``n``: ``limits/n<n>/sim`` (:func:`sim_piece`), then, each depending on it
+    alone, ``limits/n<n>/select`` (:func:`select_piece`), ``limits/n<n>/unit/<kind>/<slot>``
+    (:func:`unit_piece`, ``n_units`` slots of each tuned kind) and ``limits/n<n>/population``
+    (:func:`population_piece`, when ``limits.population``). Every task's keyword arguments are
+    JSON-able and name the cache folder resolved now (:func:`meireport.store.cache_root`), so
+    that every worker writes to the same store.
+
+    Parameters
+    ----------
+    limits, model, train, selection : dict
+        The report's params sections.
+    cache : str, optional
+        The shared cache folder (default: ``$MEIREPORT_CACHE``, else the user's cache folder).
+
+    Returns
+    -------
+    list of CallTask
+        In an order that respects ``deps``; empty when the study is disabled.
+
+    Examples
+    --------
+    >>> tasks = plan_tasks({"n_images": [30], "n_units": 1}, {}, {}, {}, cache="/tmp/c")
+    >>> [t.task_id for t in tasks]  # doctest: +NORMALIZE_WHITESPACE
+    ['limits/n30/sim', 'limits/n30/select', 'limits/n30/unit/simple/0',
+     'limits/n30/unit/complex/0', 'limits/n30/population']
+    >>> tasks[2].func, tasks[2].deps, tasks[2].kwargs["slot"]
+    ('meireport.report.limits:unit_piece', ('limits/n30/sim',), 0)
+    >>> plan_tasks({"enabled": False}, {}, {}, {})
+    []
+    """
+    cfg = LimitsParams.from_dict(limits)
+    if not cfg.enabled:
+        return []
+    return _plan(cfg, model, train, selection, str(cache_root(cache)))
+
+
+#: Each piece's implementation: its entry's key, computed first when it is missing.
+_IMPLEMENTATIONS = {"sim_piece": _sim, "select_piece": _select, "unit_piece": _unit,
+                    "population_piece": _population}
+
+
+def _ensure(task: CallTask) -> str:
+    """The key of a task's entry, its piece run inline first when the entry is missing."""
+    module, _, name = task.func.partition(":")
+    if module != __name__ or name not in _IMPLEMENTATIONS:
+        raise MeireportError(f"limits: {task.func} is not a piece of the study")
+    return _IMPLEMENTATIONS[name](**task.kwargs)[0]
+
+
+def _assemble(cfg: LimitsParams, keys: dict[str, str], store: Store,
+              trust: dict | None) -> dict[str, pd.DataFrame]:
+    """The three tables from the pieces' entries; the trust label applied here (never stored)."""
     from meireport.trust import TrustThresholds, assess
 
-    work = Path(work_dir)
-    key = _key(n_images, cfg.model_dump(mode="json", exclude={"enabled"}), model, train,
-               _selection_dict(selection), options, _package_version())
-    cached = _load_cached(work, key)
-    if cached is None:
-        cached = _compute(n_images, cfg, work, model, train, selection, options, progress)
-        _save_cached(work, key, cached)
-    units = cached["units"].copy()
+    sessions, units, models = [], [], []
+    for n in cfg.n_images:
+        p = f"limits/n{n}/"
+        mine = {t[len(p):]: k for t, k in keys.items() if t.startswith(p)}
+        kinds = _measures(_entry(store, mine["sim"], "sim")).set_index("unit_id")["true_kind"]
+        sel = load_json(_entry(store, mine["select"], "select") / "selection.json")
+        seconds = sum(float(store.meta(k).get("seconds", 0.0)) for k in mine.values())
+        sessions.append(sel["session"] | {"seconds": seconds})
+        rows = []
+        for kind in TUNED:
+            for slot in range(cfg.n_units):
+                k = mine[f"unit/{kind}/{slot}"]
+                u = load_json(_entry(store, k, "unit") / "unit.json")
+                if u["unit"] is None:
+                    continue
+                first = dict(list(u["unit"].items())[:4])  # n_images .. oracle_corr
+                rest = dict(list(u["unit"].items())[4:])
+                units.append(first | sel["units"][str(u["unit"]["unit_id"])] | rest)
+                rows += u["models"]
+        if "population" in mine:
+            rows += load_json(_entry(store, mine["population"], "population")
+                              / "population.json")["models"]
+        m = pd.DataFrame(rows)
+        m.insert(0, "n_images", n)
+        m["true_kind"] = [kinds[int(u)] for u in m["unit_id"]] if len(m) else []
+        models.append(m)
+    units = pd.DataFrame(units)
     th = TrustThresholds.from_params(trust)
     labels = [assess(r, th) for r in units.to_dict("records")]
     units["trust"] = [t.label for t in labels]
     units["trust_reasons"] = ["; ".join(t.reasons) for t in labels]
-    return {"session": cached["session"], "units": units, "models": cached["models"]}
-
-
-#: Modules whose code the study's numbers depend on (a change there recomputes the study;
-#: a change of plots, trust thresholds or the book does not).
-_COMPUTE_MODULES = ("report/limits", "report/stages", "mei", "select", "extract", "stimuli",
-                    "models", "sources", "trust")
-
-
-def _package_version() -> str:
-    from meireport.artifacts import file_sha256
-
-    root = Path(__file__).resolve().parents[1]
-    files = []
-    for name in _COMPUTE_MODULES:
-        p = root / name
-        files += sorted(p.rglob("*.py")) if p.is_dir() else [root / f"{name}.py"]
-    return _key([file_sha256(f) for f in files])
-
-
-def _load_cached(work: Path, key: str) -> dict | None:
-    f = work / "key.json"
-    names = ("session", "units", "models")
-    if not f.is_file() or load_json(f).get("key") != key:
-        return None
-    if not all((work / f"{n}.csv").is_file() for n in names):
-        return None
-    return {n: load_csv(work / f"{n}.csv") for n in names}
-
-
-def _save_cached(work: Path, key: str, tables: dict) -> None:
-    for name, df in tables.items():
-        save_csv(work / f"{name}.csv", df, index=False)
-    save_json(work / "key.json", {"key": key})
-
-
-def _compute(n_images: int, cfg: LimitsParams, work: Path, model: dict, train: dict,
-             selection: dict | None, options: bool, progress: bool) -> dict:
-    from tqdm.auto import tqdm
-
-    from meireport.report.stages import extract_stage, response_data, rf_centre, select_stage
-
-    t0 = time.perf_counter()
-    sdir = work / "session"
-    sim, session = _simulate(n_images, cfg, work)
-    with session:
-        geometry = session.geometry
-        extract_stage(session, sdir, area="VISam")
-    sel = select_stage(sdir, _selection_dict(selection))
-    kinds = dict(zip(sim.truth.unit_id.tolist(), sim.truth.kind.tolist(), strict=True))
-    sel["true_kind"] = [kinds[int(u)] for u in sel["unit_id"]]
-    tuned = sel["true_kind"].isin(TUNED)
-    chosen = sel["selected"].astype(bool)
-    session_row = pd.DataFrame([{
-        "n_images": n_images, "n_units": len(sel), "n_tuned": int(tuned.sum()),
-        "n_selected": int(chosen.sum()),
-        "precision": float((chosen & tuned).sum() / max(chosen.sum(), 1)),
-        "recall": float((chosen & tuned).sum() / max(tuned.sum(), 1)),
-    }])
-    units = choose_spread(sel, cfg.n_units, by="true_kind")
-    rows = sel.set_index("unit_id").loc[units]
-    centres = {u: rf_centre(rows.loc[u]) for u in units}
-    oracle = rows["oracle_corr"].astype(float).to_dict()
-    data = response_data(sdir, gabors=True)
-    variants = [v for v in list(CURVE_VARIANTS) + (list(OPTION_VARIANTS) if options else [])
-                if cfg.population or not v.population]
-    models, fits = [], {}
-    for u in tqdm(units, desc=f"models, {n_images} images", disable=not progress):
-        m, f = _fit_variants([v for v in variants if not v.population], data, [u], centres,
-                             oracle, sim.truth, model, train, cfg, geometry.shape)
-        models.append(m)
-        fits |= f
-    m, _ = _fit_variants([v for v in variants if v.population], data, units, centres, oracle,
-                         sim.truth, model, train, cfg, geometry.shape)
-    models.append(m)
-    models = pd.concat(models, ignore_index=True)
-    models.insert(0, "n_images", n_images)
-    models["true_kind"] = [kinds[int(u)] for u in models["unit_id"]]
-    gabors = _session_gabors(sdir, units, geometry)
-    out = []
-    for u in tqdm(units, desc=f"MEIs, {n_images} images", disable=not progress):
-        fit = fits[("CNN", u)]
-        r = rows.loc[u]
-        mm = fit.metrics.loc[u]
-        out.append({
-            "n_images": n_images, "unit_id": int(u), "true_kind": kinds[int(u)],
-            "oracle_corr": float(r["oracle_corr"]), "selected": bool(r["selected"]),
-            "selection_stability": float(r.get("selection_stability", np.nan)),
-            "rf_p_value": float(r.get("rf_p_value", np.nan)),
-            "test_corr": float(mm["test_corr"]), "test_corr_ci_low": float(mm["test_corr_ci_low"]),
-            "test_corr_ci_high": float(mm["test_corr_ci_high"]),
-            "frac_oracle": float(mm["frac_oracle"]), "true_corr": float(mm["true_corr"]),
-            **_mei_values(fit, int(u), data, sim.truth, gabors.get(u), cfg),
-        })
-    session_row["seconds"] = time.perf_counter() - t0
-    return {"session": session_row, "units": pd.DataFrame(out), "models": models}
-
-
-# -------------------------------------------------------------------------------------------
-# the whole study
-# -------------------------------------------------------------------------------------------
-def run_limits(cfg: LimitsParams, work_dir, model: dict, train: dict,
-               selection: dict | None = None, trust: dict | None = None,
-               progress: bool = False) -> dict[str, pd.DataFrame]:
-    """:func:`session_limits` at every size of ``cfg.n_images``; tables concatenated."""
-    parts = [session_limits(n, cfg, Path(work_dir) / f"n{n}", model, train, selection, trust,
-                            options=(n == cfg.options_at), progress=progress)
-             for n in cfg.n_images]
-    return {k: pd.concat([p[k] for p in parts], ignore_index=True)
-            for k in ("session", "units", "models")}
+    return {"session": pd.DataFrame(sessions), "units": units,
+            "models": pd.concat(models, ignore_index=True)}
 
 
 def limits_stage(out_dir, limits: dict | None, model: dict, train: dict,
-                  selection: dict | None = None, trust: dict | None = None,
-                  progress: bool = False) -> dict[str, pd.DataFrame]:
-    """The limits stage: run the study and write ``limits_{session,units,models}.csv``."""
+                 selection: dict | None = None, trust: dict | None = None,
+                 progress: bool = False, cache: str | None = None) -> dict[str, pd.DataFrame]:
+    """The limits stage: the study's tables from the shared store, as ``limits_*.csv``.
+
+    Runs each piece of :func:`plan_tasks` (in dependency order; a piece whose entry is there,
+    e.g. computed by the run engine's workers or by an earlier run with the same settings,
+    returns at once), assembles the tables, applies the trust thresholds and writes
+    ``limits_{session,units,models}.csv`` into ``out_dir`` (nothing else goes there).
+
+    Parameters
+    ----------
+    out_dir : path
+        Where the three CSV files go.
+    limits, model, train, selection, trust : dict
+        The report's params sections (models are configured as in the report).
+    progress : bool
+        tqdm progress over the pieces.
+    cache : str, optional
+        The shared cache folder (:func:`meireport.store.cache_root`).
+
+    Returns
+    -------
+    dict of DataFrame
+        ``session`` (one row per size: selection precision/recall, ``seconds``: the pieces'
+        compute time), ``units`` (one row per modelled unit: true kind, selection metrics, MEI
+        checks, trust) and ``models`` (one row per unit and model variant: test and true-rate
+        correlations, ``frac_oracle``, seconds).
+    """
+    from tqdm.auto import tqdm
+
     from meireport.report.stages import single_thread_torch
 
     single_thread_torch()  # beside the neurons' workers: one core each, reproducible numbers
+    cfg = LimitsParams.from_dict(limits)
+    tasks = _plan(cfg, model, train, selection, str(cache_root(cache)))
+    keys = {t.task_id: _ensure(t) for t in tqdm(tasks, desc="limits", disable=not progress)}
+    tables = _assemble(cfg, keys, _store(cache), trust)
     out = Path(out_dir)
-    tables = run_limits(LimitsParams.from_dict(limits), out / "work", model, train, selection,
-                        trust, progress)
     for name, df in tables.items():
         save_csv(out / f"limits_{name}.csv", df, index=False)
     return tables
