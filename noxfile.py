@@ -39,6 +39,19 @@ def wheel(session: nox.Session) -> None:
 
 
 @nox.session
+def slurm(session: nox.Session) -> None:
+    """The report's tasks on a real single-node SLURM cluster (tests/test_slurm.py).
+
+    The test starts munged, slurmctld and slurmd itself (as root, in a temporary folder) and
+    stops them; it needs the Debian packages slurmctld, slurmd, slurm-client and munge (`.ci/run`
+    installs them) and fails, never skips, without them.
+    """
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.run("pytest", "-m", "slurm", "tests/test_slurm.py", *session.posargs,
+                env={"MPLBACKEND": "Agg"})
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff; import-linter's layer / no-cycle contracts; no module uses another's private names.
 

@@ -172,14 +172,20 @@ def _run_level_entries(src: Path, results: list[dict]) -> list[dict]:
     """Chapters of the run-level stages (the data-limit chapter), or their failure pages."""
     chapters = []
     for r in results:
-        if r["stage"] not in _STAGE_TITLES or r["session_id"] != RUN_LEVEL_ID:
+        # the chapter's notebook task; its pieces (call tasks: ``limits/n118/sim``...) have none
+        own = f"{RUN_LEVEL_ID}/-/{r['stage']}"
+        if r["stage"] not in _STAGE_TITLES or r["session_id"] != RUN_LEVEL_ID \
+                or r.get("task_id", own) != own:
             continue
         rel = task_page(r)
         if _shows_notebook(r):
             _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb")
             chapters.append({"file": rel, "title": _STAGE_TITLES[r["stage"]]})
         else:
-            _failure_page(src / f"{rel}.md", f"{_STAGE_TITLES[r['stage']]} failed", [r])
+            pieces = [x for x in results if x["stage"] == r["stage"] and x is not r
+                      and x["session_id"] == RUN_LEVEL_ID and x["status"] == "failed"]
+            _failure_page(src / f"{rel}.md", f"{_STAGE_TITLES[r['stage']]} failed",
+                          [r, *pieces])
             chapters.append({"file": rel})
     return chapters
 

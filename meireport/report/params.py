@@ -429,6 +429,14 @@ class MEIParams(_LibrarySection):
                                    description="lambda of |c* - std(x)|")
     n_starts: int = Field(len(MEIConfig.starts), description="white noise, black, grey, noise")
     seed: int = MEIConfig.seed
+    stop: bool = Field(MEIConfig.stop, description="stop a start once its response has "
+                       "converged (steps is then the most a start runs); false: always steps")
+    stop_window: int = Field(MEIConfig.stop_window,
+                             description="steps the response must stay within stop_rtol")
+    stop_rtol: float = Field(MEIConfig.stop_rtol,
+                             description="relative band (max - min) / |r| over the window")
+    min_steps: int = Field(MEIConfig.min_steps, description="no start stops before this step "
+                           "(nor before the blur decay has ended and one window has run)")
 
     def config(self) -> MEIConfig:
         """The :class:`meireport.mei.MEIConfig` of these fields."""
@@ -498,7 +506,9 @@ class LimitsParams(_Section):
 class ClusterParams(_Section):
     """A batch cluster that runs the report's tasks as Dask workers (dask-jobqueue).
 
-    Each job is one Dask worker process with ``cores`` threads; ``jobs`` of them are started.
+    Each job runs ``cores`` Dask worker processes of one thread each (a task uses one core, as
+    in the local pool); ``jobs`` of them are started. Site settings dask-jobqueue reads from its
+    own configuration (network interface, job-script prologue, HTCondor's disk) still apply.
     """
 
     _section = "run.cluster"
@@ -657,6 +667,10 @@ def parse_params(data: dict, base_dir: Path | None = None) -> Params:
     if p.run.cache is not None:
         run = p.run.model_copy(update={"cache": _absolute(p.run.cache, base_dir)})
         p = p.model_copy(update={"run": run})
+    cl = p.run.cluster
+    if cl is not None and cl.local_directory is not None:
+        cl = cl.model_copy(update={"local_directory": _absolute(cl.local_directory, base_dir)})
+        p = p.model_copy(update={"run": p.run.model_copy(update={"cluster": cl})})
     return p
 
 

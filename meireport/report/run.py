@@ -834,7 +834,7 @@ def _priority(task) -> int:
 
 
 @contextmanager
-def _dask_client(params: Params, scheduler: str | None):
+def _dask_client(params: Params, scheduler: str | None, run_dir: Path):
     """A Dask client: of ``scheduler`` (an address), of ``run.cluster`` (started), or None."""
     if scheduler:
         from distributed import Client
@@ -851,7 +851,8 @@ def _dask_client(params: Params, scheduler: str | None):
     elif params.run.cluster is not None:
         from meireport.report.cluster import cluster_client
 
-        with cluster_client(params.run.cluster) as client:
+        logs = run_dir / ".meireport" / "cluster-jobs"  # the batch jobs' logs
+        with cluster_client(params.run.cluster, log_directory=logs) as client:
             yield client
     else:
         yield None
@@ -909,7 +910,7 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
         return result.stopped
 
     try:
-        with _dask_client(params, scheduler) as client:
+        with _dask_client(params, scheduler, run_dir) as client:
             run_graph(initial, partial(run_task, str(run_dir)), expand=expand,
                       workers=workers or params.run.workers, client=client,
                       priority=_priority, on_result=on_result, stop=stop)
