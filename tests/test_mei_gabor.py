@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
 from meireport.errors import MeireportError
 from meireport.mei import (
@@ -18,10 +20,11 @@ from meireport.mei import (
     equalize,
     gabor_conditions,
     gabor_search,
+    pixel_correlation,
     render_gabors,
     session_gabor,
 )
-from meireport.mei.gabor import _canonical
+from meireport.mei.gabor import _PROBE_BANKS, _canonical
 from meireport.stimuli import ScreenGeometry, render_gabor
 
 GEOM = ScreenGeometry()
@@ -145,6 +148,51 @@ def unit_rf(x, y, ori, sf, size, phase=0.0):
     return w / np.linalg.norm(w)
 
 
+class SmallCNN(nn.Module):
+    """A seeded, randomly initialised conv net with an ELU + 1 output."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.core = nn.Sequential(nn.Conv2d(1, 4, 9, padding=4), nn.ELU(), nn.AvgPool2d(2),
+                                  nn.Conv2d(4, 4, 5, padding=2), nn.ELU())
+        self.readout = nn.Linear(4 * 30 * 48, 1)
+
+    def forward(self, x):
+        return nn.functional.elu(self.readout(self.core(x).flatten(1)))[:, 0] + 1
+
+
+QUICK = GaborSearchConfig(n_orientations=6, sfs_cpd=(0.04, 0.08, 0.16), n_phases=2,
+                          sizes_deg=(15.0, 30.0), position_step_deg=20.0, n_positions=2,
+                          n_refine=1, refine_iters=5)
+
+#: Results of the first implementation (one model call per 512 patches, one refinement at a
+#: time; before the speed-up), for the searches below: the speed-up must not change them.
+REFERENCE = {
+    "linear": ({"x_deg": -21.97265625, "y_deg": 13.0078125, "orientation_deg": 124.98046875,
+                "sf_cpd": 0.1098784251012662, "size_deg": 27.979980381416496,
+                "phase": 0.9947041494578683}, 4.102590560913086, 6552),
+    "energy": ({"x_deg": 15.0, "y_deg": -7.96875, "orientation_deg": 39.375,
+                "sf_cpd": 0.07013430016099323, "size_deg": 35.03061492688635,
+                "phase": 1.474754703205484}, 4.394869327545166, 3324),
+    "cnn": ({"x_deg": 10.546875, "y_deg": -13.828125, "orientation_deg": 130.546875,
+             "sf_cpd": 0.03840845746838795, "size_deg": 39.968126841025686,
+             "phase": 1.3062008415814448}, 1.1448251008987427, 6552),
+    "cnn_quick": ({"x_deg": -20.0, "y_deg": 20.0, "orientation_deg": 30.0,
+                   "sf_cpd": 0.09797958971132711, "size_deg": 86.70000000000002,
+                   "phase": 3.141592653589793}, 0.9863521456718445, 1324),
+}
+
+
+def assert_reference(res, name, mean=None, std=None):
+    params, response, n = REFERENCE[name]
+    assert res.params == pytest.approx(params, rel=1e-3, abs=1e-3)
+    assert res.response == pytest.approx(response, rel=1e-5) and res.n_evaluated == n
+    ref = render_gabors(GEOM, **params)
+    ref = ref if mean is None else equalize(ref, mean, std)
+    assert pixel_correlation(res.image, ref[0]) >= 0.999
+
+
 def test_search_recovers_a_linear_gabor_unit():
     truth = (-22.0, 13.0, 125.0, 0.11, 28.0)
     res = gabor_search(LinearModel(unit_rf(*truth, phase=1.0)), GEOM, mean=0.5, std=0.06)
@@ -157,6 +205,7 @@ def test_search_recovers_a_linear_gabor_unit():
     assert res.image.mean() == pytest.approx(0.5, abs=1e-6)
     assert res.image.std() == pytest.approx(0.06, abs=1e-6)
     assert set(res.summary()) >= {"gabor_x_deg", "gabor_pred", "gabor_search_seconds"}
+    assert_reference(res, "linear", 0.5, 0.06)
 
 
 def test_search_on_an_energy_unit_finds_orientation_and_frequency():
@@ -167,6 +216,38 @@ def test_search_on_an_energy_unit_finds_orientation_and_frequency():
     assert circ_diff(res.params["orientation_deg"], 40.0) < 6.0
     assert res.params["sf_cpd"] == pytest.approx(0.07, rel=0.2)
     assert np.hypot(res.params["x_deg"] - 15.0, res.params["y_deg"] + 8.0) < 5.0
+    assert_reference(res, "energy", 0.5, 0.06)
+
+
+def test_search_on_a_cnn_matches_the_first_implementation():
+    res = gabor_search(SmallCNN(0), GEOM, mean=0.45, std=0.15)
+    assert_reference(res, "cnn", 0.45, 0.15)
+    assert_reference(gabor_search(SmallCNN(1), GEOM, config=QUICK), "cnn_quick")
+
+
+def test_batches_and_the_probe_bank_do_not_change_the_search():
+    model = SmallCNN(1)
+    _PROBE_BANKS.clear()
+    first = gabor_search(model, GEOM, mean=0.45, std=0.15, config=QUICK)
+    assert len(_PROBE_BANKS) == 1  # the position grid's patches, kept for the next unit
+    again = gabor_search(model, GEOM, mean=0.45, std=0.15, config=QUICK)
+    small = gabor_search(model, GEOM, mean=0.45, std=0.15,
+                         config=GaborSearchConfig(**(QUICK.to_dict() | {"batch_size": 5})))
+    for res in (again, small):
+        assert res.params == first.params and res.response == first.response
+        assert np.array_equal(res.image, first.image) and res.n_evaluated == first.n_evaluated
+    assert len(_PROBE_BANKS) == 1
+    gabor_search(model, GEOM, mean=0.5, std=0.1, config=QUICK)  # another footing: a new bank
+    assert len(_PROBE_BANKS) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_search_on_the_gpu_matches_the_cpu():
+    cpu = gabor_search(SmallCNN(0), GEOM, mean=0.45, std=0.15, config=QUICK)
+    gpu = gabor_search(SmallCNN(0).cuda(), GEOM, mean=0.45, std=0.15, config=QUICK)
+    assert isinstance(gpu.image, np.ndarray) and gpu.n_evaluated == cpu.n_evaluated
+    assert gpu.params == pytest.approx(cpu.params, rel=1e-3, abs=1e-3)
+    assert pixel_correlation(gpu.image, cpu.image) >= 0.999
 
 
 def test_search_at_equal_footing_beats_every_grid_gabor_shown_the_same_way():
@@ -220,3 +301,6 @@ def test_search_input_checks():
         GaborSearchConfig(sfs_cpd=())
     with pytest.raises(MeireportError, match="n_phases"):
         GaborSearchConfig(n_phases=0)
+    with pytest.raises(MeireportError, match="batch_size"):
+        GaborSearchConfig(batch_size=0)
+    assert GaborSearchConfig().batch_size is None  # 32 on the CPU, 512 on a GPU

@@ -7,6 +7,8 @@ comparison machinery, not how much a model can learn from 118 images.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from meireport.mei import (
     best_gabor_true_resp,
     best_image_true_resp,
     blur_sigmas,
+    converged,
     default_starts,
     ensemble_meis,
     equalize,
@@ -43,6 +46,7 @@ from meireport.mei import (
     stimulus_mask,
     target_contrast,
 )
+from meireport.report.params import MEIParams
 from meireport.stimuli import ScreenGeometry, render_gabor
 from meireport.trust import complex_like, mei_agreement
 
@@ -76,6 +80,11 @@ def test_config_checks_each_field():
         ({"starts": ()}, "starts"),
         ({"target_std": -1.0}, "target_std"),
         ({"dtype": "float16"}, "dtype"),
+        ({"stop": "yes"}, "stop"),
+        ({"stop_window": 0}, "stop_window"),
+        ({"stop_rtol": -1e-3}, "stop_rtol"),
+        ({"min_steps": -1}, "min_steps"),
+        ({"min_steps": 2.5}, "min_steps"),
     ]:
         with pytest.raises(MeireportError, match=match):
             MEIConfig(**kw)
@@ -185,11 +194,13 @@ def test_predicted_response_increases_over_steps(kind, train_images):
     odd = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0, phase=np.pi / 2)
     model = LinearModel(even) if kind == "linear" else EnergyModel(even, odd)
     res = generate_mei(model, train_images, FAST)
-    for st in res.starts:
-        assert len(st.response) == len(st.std) == FAST.steps + 1
+    for st in res.starts:  # each trace ends where its start stopped
+        n = st.steps_run
+        assert len(st.response) == len(st.std) == n + 1 and n <= FAST.steps
+        assert st.converged == (n < FAST.steps)
         assert st.response[-1] > st.response[0] + 1.0
         assert st.response[-1] >= 0.9 * st.response.max()
-        assert np.mean(st.response[FAST.steps // 2 :]) > np.mean(st.response[: FAST.steps // 2])
+        assert np.mean(st.response[n // 2 :]) > np.mean(st.response[: n // 2])
     assert res.response == max(st.final_response for st in res.starts)
 
 
@@ -235,6 +246,124 @@ def test_ensemble_agreement(train_images):
     split = ensemble_meis([LinearModel(w), LinearModel(other)], train_images, cfg)
     assert split.reliability < 0.5
     assert agreement([w])[1] == 1.0
+
+
+# ---------------------------------------------------------------------------- stopping rule
+class SmallCNN(nn.Module):
+    """A seeded, randomly initialised conv net with an ELU + 1 output (a trained model's shape)."""
+
+    def __init__(self, seed: int, shape=(60, 96)):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.core = nn.Sequential(nn.Conv2d(1, 4, 9, padding=4), nn.ELU(), nn.AvgPool2d(2),
+                                  nn.Conv2d(4, 4, 5, padding=2), nn.ELU())
+        self.readout = nn.Linear(4 * (shape[0] // 2) * (shape[1] // 2), 1)
+
+    def forward(self, x):
+        return nn.functional.elu(self.readout(self.core(x).flatten(1)))[:, 0] + 1
+
+
+def stop_models():
+    even = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
+    odd = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8 + np.pi / 2)
+    return {"linear": LinearModel(even), "energy": EnergyModel(even, odd),
+            "cnn0": SmallCNN(0, (30, 48)), "cnn1": SmallCNN(1, (30, 48))}
+
+
+@pytest.mark.parametrize("name", ["linear", "energy", "cnn0", "cnn1"])
+def test_stopped_mei_is_the_full_length_mei(name, train_images):
+    """The stopping rule (default on) keeps the 1000-step MEI at a fraction of the steps."""
+    model = stop_models()[name]
+    if name.startswith("cnn"):
+        train_images = train_images[:, :30, :48]  # a quarter of the pixels: 4x faster
+    full = generate_mei(model, train_images, MEIConfig(stop=False))
+    stopped = generate_mei(model, train_images, MEIConfig())
+    assert full.steps_run == [1000] * 4 and not any(st.converged for st in full.starts)
+    assert min(stopped.steps_run) >= MEIConfig().earliest_stop == 120
+    if name == "energy":  # phase-invariant: the response creeps on; some starts run to the end
+        assert sum(stopped.steps_run) < 4000 and any(st.converged for st in stopped.starts)
+    else:
+        assert all(st.converged for st in stopped.starts)
+        assert max(stopped.steps_run) <= 200  # a fifth of the steps at most
+    assert pixel_correlation(stopped.mei, full.mei) >= 0.99
+    assert stopped.response == pytest.approx(full.response, rel=1e-3)
+    for st, ref in zip(stopped.starts, full.starts, strict=True):  # the same loop, cut short
+        assert np.array_equal(st.response, ref.response[: st.steps_run + 1])
+        assert np.array_equal(st.std, ref.std[: st.steps_run + 1])
+    summary = stopped.summary()
+    assert summary["steps"] == stopped.steps_run[stopped.best]
+    assert summary["steps_total"] == sum(stopped.steps_run)
+
+
+def test_stop_off_is_the_fixed_length_loop(train_images):
+    w = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0)
+    cfg = MEIConfig(steps=150, stop=False)
+    res = generate_mei(LinearModel(w), train_images, cfg)
+    assert res.steps_run == [150] * 4 and [len(st.response) for st in res.starts] == [151] * 4
+    assert MEIParams(stop=False, steps=150).config() == cfg
+    short = generate_mei(LinearModel(w), train_images, MEIConfig(steps=150, min_steps=140))
+    assert min(short.steps_run) >= 140  # min_steps holds back the rule
+
+
+def test_a_start_stops_on_its_own(train_images):
+    """A start frozen by the rule leaves the batch; the others go on; none depends on another."""
+    even = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0)
+    odd = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0, phase=np.pi / 2)
+    model = EnergyModel(even, odd)
+    res = generate_mei(model, train_images, MEIConfig())
+    full = generate_mei(model, train_images, MEIConfig(stop=False))
+    assert min(res.steps_run) < 200 and max(res.steps_run) == 1000, res.steps_run
+    for st, ref in zip(res.starts, full.starts, strict=True):
+        assert np.array_equal(st.response, ref.response[: st.steps_run + 1])
+        if not st.converged:  # ran on without the stopped ones: as in the full batch
+            assert np.array_equal(st.image, ref.image)
+    first = int(np.argmin(res.steps_run))  # without the starts after it: the same, up to
+    alone = generate_mei(model, train_images, MEIConfig(starts=MEIConfig().starts[: first + 1]))
+    assert abs(alone.steps_run[first] - res.steps_run[first]) <= 2  # float32 batch rounding
+    assert np.allclose(alone.starts[first].image, res.starts[first].image, atol=1e-4)
+
+
+def test_converged_rule():
+    cfg = MEIConfig(steps=200, stop_window=10, stop_rtol=1e-3, min_steps=50)
+    assert cfg.earliest_stop == 50  # min_steps; after the blur (20 steps) + window: 30
+    assert MEIConfig(steps=200, stop_window=10, min_steps=0).earliest_stop == 30
+    rise = np.linspace(0, 0.9, 45)  # steps 0..44
+    flat = np.r_[rise, np.ones(25)]  # steps 45..69 at 1
+    assert converged(flat[:69], cfg)  # step 68: even like 200, steps 58..68 in the band
+    assert not converged(flat, cfg)  # step 69: odd
+    assert not converged(flat[:55], cfg)  # step 54: step 44 was still rising
+    assert converged(-flat[:69], cfg)  # relative to |r|
+    early = np.r_[np.linspace(0, 1, 31), np.ones(12)]  # flat from 31, ends at step 42
+    assert not converged(early, cfg) and converged(early, replace(cfg, min_steps=0))
+    cycle = np.r_[rise, np.tile([1.0, 0.5], 12)]  # a two-step cycle, steps 45..68
+    assert converged(cycle, cfg) and not converged(cycle[:-1], cfg)
+    creeping = np.r_[rise, 1 + 2e-4 * np.arange(24)]  # 0.2 % over 10 steps
+    assert not converged(creeping, cfg)
+
+
+def test_results_are_cpu_numpy_on_the_model_device(train_images):
+    from meireport.mei.synthesis import model_device
+
+    model = SmallCNN(0, (30, 40))
+    assert model_device(model) == next(model.parameters()).device
+    res = generate_mei(model, train_images[:, :30, :40], MEIConfig(steps=20, starts=("grey",)))
+    assert isinstance(res.mei, np.ndarray) and isinstance(res.starts[0].response, np.ndarray)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_mei_on_the_gpu_matches_the_cpu(train_images):
+    w = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
+    cpu = generate_mei(LinearModel(w).double(), train_images, MEIConfig(steps=200))
+    gpu = generate_mei(LinearModel(w).double().cuda(), train_images, MEIConfig(steps=200))
+    assert isinstance(gpu.mei, np.ndarray)
+    assert max(abs(i - j) for i, j in zip(cpu.steps_run, gpu.steps_run, strict=True)) <= 4
+    assert pixel_correlation(gpu.mei, cpu.mei) >= 0.999
+    cnn = SmallCNN(0).double()
+    a = generate_mei(cnn, train_images, MEIConfig(steps=200))
+    b = generate_mei(cnn.cuda(), train_images, MEIConfig(steps=200))
+    assert isinstance(b.starts[0].response, np.ndarray)
+    assert max(abs(i - j) for i, j in zip(a.steps_run, b.steps_run, strict=True)) <= 4
+    assert pixel_correlation(a.mei, b.mei) >= 0.99
 
 
 # ---------------------------------------------------------------------------- true neurons

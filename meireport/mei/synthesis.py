@@ -11,6 +11,13 @@ the training images. Every constant is a field of :class:`MEIConfig`. Several st
 white noise, black, mean grey) are run; the best is kept and the agreement between starts (and
 between ensemble members, :func:`ensemble_meis`) is the MEI's reliability figure.
 
+A start stops once it has converged (``MEIConfig.stop``, on by default; :func:`converged`):
+after the blur decay, when its response, taken every other step, has stayed within a relative
+band ``stop_rtol`` for ``stop_window`` steps. ``steps`` is then the most a start runs; a
+stopped start is frozen (its image and numbers are those the full-length loop had at that
+step) and its trace ends there. The loop runs on the device of the model's parameters; results
+come back as numpy arrays.
+
 Any model works: a callable mapping ``B x 1 x H x W`` tensors to ``B`` responses of one unit.
 :class:`UnitModel` picks one unit of a population model, :class:`EnsembleModel` averages models,
 and :class:`LinearModel`, :class:`EnergyModel` and :class:`TrueNeuron` are models whose optimum is
@@ -49,6 +56,8 @@ __all__ = [
     "phase_agreement",
     "generate_mei",
     "ensemble_meis",
+    "converged",
+    "model_device",
 ]
 _RESCALE = ("minmax", "clip")
 _START_KINDS = ("noise", "black", "grey")
@@ -118,11 +127,33 @@ class MEIConfig:
     dtype : {"auto", "float32", "float64"}
         Tensor precision of the loop; ``"auto"``: the model's own (float32 for a model without
         parameters or buffers).
+    stop : bool
+        Stop a start once it has converged (:func:`converged`): its predicted response (at
+        every other step) has stayed within a relative band ``stop_rtol`` over the last
+        ``stop_window`` steps. ``steps`` is then the most a start runs; ``False`` runs every
+        start ``steps`` steps (the seed). A stopped start keeps the image it had (the loop up
+        to there is the same as without the rule) and its trace ends there
+        (:attr:`StartResult.steps_run`); it stays in the batch, frozen, until every start has
+        stopped, so that no start's numbers depend on when another stopped. On trained CNNs
+        the default stops after 120-190 of 1000 steps with the same MEI (pixel correlation
+        > 0.9999); a phase-invariant (energy) unit's response keeps creeping (~1e-5 per 20
+        steps) and its starts may run on.
+    stop_window : int
+        Steps over which the response must have stayed within the band.
+    stop_rtol : float
+        Width of the band, relative to the latest response: ``(max - min) / |r|``. 1e-4 would
+        stop an energy unit's starts too early to keep which of them is best.
+    min_steps : int
+        No start stops before this step, nor before the blur decay has ended and a whole
+        window has run since (``round(blur_fraction * steps) + stop_window``): while the blur
+        decays the image is meant to change. With the default 1000 steps the blur decides.
 
     Examples
     --------
     >>> MEIConfig(steps=50).steps
     50
+    >>> MEIConfig().earliest_stop  # blur decays over 100 steps, then one window of 20
+    120
     >>> MEIConfig(rescale="median")
     Traceback (most recent call last):
     ...
@@ -143,6 +174,10 @@ class MEIConfig:
     seed: int = 0
     jitter: float = 1e-3
     dtype: str = "auto"
+    stop: bool = True
+    stop_window: int = 20
+    stop_rtol: float = 1e-5
+    min_steps: int = 100
 
     def __post_init__(self) -> None:
         check(
@@ -170,6 +205,17 @@ class MEIConfig:
             "'auto', 'float32' or 'float64'",
             repr(self.dtype),
         )
+        check(isinstance(self.stop, bool | np.bool_), "stop", "True or False", repr(self.stop))
+        for name, low in (("stop_window", 1), ("min_steps", 0)):
+            v = getattr(self, name)
+            ok = isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= low
+            check(ok, name, f"an integer >= {low}", repr(v))
+        check(self.stop_rtol >= 0, "stop_rtol", ">= 0", self.stop_rtol)
+
+    @property
+    def earliest_stop(self) -> int:
+        """First step at which the stopping rule may end a start (see ``min_steps``)."""
+        return max(int(self.min_steps), _n_decay(self) + int(self.stop_window))
 
     def to_dict(self) -> dict:
         """JSON-serialisable copy (for checkpoints and the report)."""
@@ -180,19 +226,26 @@ class MEIConfig:
 class StartResult:
     """One start of the loop: its final image and its per-step trace.
 
-    ``response`` and ``std`` have ``steps + 1`` entries: the model's response and the image's
-    standard deviation before each step, and for the final image.
+    ``response`` and ``std`` have ``steps_run + 1`` entries: the model's response and the
+    image's standard deviation before each step, and for the final image. ``converged`` says
+    that the stopping rule ended the start (at step ``steps_run``) before ``config.steps``.
     """
 
     name: str
     image: np.ndarray
     response: np.ndarray
     std: np.ndarray
+    converged: bool = False
 
     @property
     def final_response(self) -> float:
         """Predicted response to the final image."""
         return float(self.response[-1])
+
+    @property
+    def steps_run(self) -> int:
+        """Gradient steps this start took (where its trace ends)."""
+        return len(self.response) - 1
 
 
 @dataclass
@@ -221,6 +274,8 @@ class MEIResult:
     config : MEIConfig
     seconds : float
         Wall time of the synthesis.
+    steps_run : list of int
+        Steps each start took (property; ``config.steps`` each without the stopping rule).
     members : list of MEIResult
         Per-member results (ensembles only, :func:`ensemble_meis`).
     """
@@ -237,8 +292,17 @@ class MEIResult:
     seconds: float
     members: list[MEIResult] = field(default_factory=list)
 
+    @property
+    def steps_run(self) -> list[int]:
+        """Steps each start took, in the order of ``starts``."""
+        return [st.steps_run for st in self.starts]
+
     def summary(self) -> dict:
-        """Flat, JSON-serialisable figures for the report."""
+        """Flat, JSON-serialisable figures for the report.
+
+        ``steps`` is the steps the kept start took, ``steps_total`` those of every start.
+        """
+        steps = self.steps_run
         return {
             "mei_pred": float(self.response),
             "best_start": self.starts[self.best].name if self.starts else "ensemble",
@@ -247,6 +311,8 @@ class MEIResult:
             "c_star": float(self.c_star),
             "mei_std": float(self.mei.std()),
             "seconds": float(self.seconds),
+            "steps": int(steps[self.best]) if steps else 0,
+            "steps_total": int(sum(steps)),
         }
 
 
@@ -296,16 +362,89 @@ def phase_agreement(images) -> float:
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
+def model_device(model) -> torch.device:
+    """The device of a model's parameters (else of its buffers); the CPU for a plain callable.
+
+    Examples
+    --------
+    >>> from meireport.mei.targets import LinearModel
+    >>> model_device(LinearModel(np.eye(3))), model_device(lambda x: x.sum(dim=(1, 2, 3)))
+    (device(type='cpu'), device(type='cpu'))
+    """
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+        for b in model.buffers():
+            return b.device
+    return torch.device("cpu")
+
+
+def _band_steps(t: int, config: MEIConfig) -> np.ndarray | None:
+    """Steps whose responses the stopping rule compares at step ``t`` (None: no test at ``t``).
+
+    Every other step of the last ``stop_window`` (``t, t - 2, ...``), from
+    ``config.earliest_stop`` on, at steps of the parity of ``config.steps``.
+    """
+    if t < config.earliest_stop or (config.steps - t) % 2:
+        return None
+    return np.arange(t, t - int(config.stop_window) - 1, -2)
+
+
+def _in_band(window: np.ndarray, rtol: float) -> np.ndarray:
+    """Rows of ``window`` (``k x m`` responses, latest first) within ``rtol`` of the latest."""
+    spread = window.max(axis=1) - window.min(axis=1)
+    return spread <= rtol * np.maximum(np.abs(window[:, 0]), 1e-12)
+
+
+def converged(response, config: MEIConfig) -> bool:
+    """Whether a response trace ends where ``config``'s stopping rule stops a start.
+
+    The test :func:`generate_mei` applies after each step ``t`` (the trace's last index): from
+    ``config.earliest_stop`` on, at steps of the parity of ``config.steps``, the responses at
+    every other step of the last ``stop_window`` (``t, t - 2, ...``) lie within ``stop_rtol``
+    of each other, relative to the latest. Comparing every other step lets a start stop in a
+    two-step cycle (with a fixed step size the image can settle into alternating between two
+    states); the parity makes it stop in the state the full-length loop would end in.
+
+    Examples
+    --------
+    >>> cfg = MEIConfig(steps=100, blur_fraction=0.1, stop_window=6, min_steps=0)
+    >>> rising = np.linspace(0.0, 1.0, 41)  # steps 0..40
+    >>> converged(rising, cfg), converged(np.r_[rising, np.ones(6)], cfg)
+    (False, True)
+    >>> cycle = np.r_[rising, np.tile([1.0, 1.1], 4)]  # a two-step cycle, to step 48
+    >>> converged(cycle, cfg), converged(cycle[:-1], cfg)  # step 47: not the parity of 100
+    (True, False)
+    """
+    r = np.asarray(response, dtype=np.float64).ravel()
+    idx = _band_steps(len(r) - 1, config)
+    if idx is None:
+        return False
+    return bool(_in_band(r[None, idx], float(config.stop_rtol))[0])
+
+
 def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
-    """Run the loop on a batch of starts; returns final images and response/std traces."""
+    """Run the loop on a batch of starts, on the model's device.
+
+    Returns the final images, the response/std traces (``n x steps + 1``, NaN after a start's
+    stop) and the steps each start ran. A start the stopping rule ends is frozen: it stays in
+    the batch, unchanged (so that every other start computes exactly as without the rule),
+    until every start has stopped.
+    """
+    device = model_device(model)
     dtype = model_dtype(model) if config.dtype == "auto" else getattr(torch, config.dtype)
-    x = torch.as_tensor(x0[:, None], dtype=dtype)
-    filt = fourier_filter(tuple(x0.shape[1:]), config.fourier_exponent).to(dtype)
+    n, steps = len(x0), int(config.steps)
+    x = torch.as_tensor(x0[:, None], dtype=dtype, device=device)
+    filt = fourier_filter(tuple(x0.shape[1:]), config.fourier_exponent).to(device, dtype)
     sigmas = blur_sigmas(config)
-    resp = np.empty((len(x0), config.steps + 1))
-    stds = np.empty_like(resp)
+    resp = np.full((n, steps + 1), np.nan)
+    stds = np.full_like(resp, np.nan)
+    final = np.empty(x0.shape)
+    ran = np.full(n, steps)
+    stopped = np.zeros(n, dtype=bool)
+    rtol = float(config.stop_rtol)
     lam = float(config.contrast_weight)
-    for t in range(config.steps):
+    for t in range(steps):
         x.requires_grad_(True)
         r = responses(model, x)
         s = torch.sqrt(x.flatten(1).var(dim=1, correction=0) + 1e-12)
@@ -313,18 +452,44 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
             raise MeireportError(f"model: expected finite responses, got {r.tolist()} at step {t}")
         loss = r - lam * torch.abs(c_star - s)
         (g,) = torch.autograd.grad(loss.sum(), x)
-        resp[:, t], stds[:, t] = r.detach().double().numpy(), s.detach().double().numpy()
+        live = np.flatnonzero(~stopped)
+        resp[live, t] = r.detach().double().cpu().numpy()[live]
+        stds[live, t] = s.detach().double().cpu().numpy()[live]
+        idx = _band_steps(t, config) if config.stop else None
+        if idx is not None:
+            done = live[_in_band(resp[np.ix_(live, idx)], rtol)]
+            if len(done):
+                final[done] = x.detach()[torch.as_tensor(done, device=device), 0] \
+                    .double().cpu().numpy()
+                ran[done], stopped[done] = t, True
+                if stopped.all():
+                    break
         g = precondition(g, filt)
         if config.normalize_grad:
             rms = torch.sqrt((g.flatten(1) ** 2).mean(dim=1)).view(-1, 1, 1, 1)
             g = g / rms.clamp_min(1e-20)
         with torch.no_grad():
-            x = gaussian_blur(x.detach() + config.step_size * g, float(sigmas[t]))
-            x = rescale_unit(x, config.rescale)
-    with torch.no_grad():
-        resp[:, -1] = responses(model, x).double().numpy()
-        stds[:, -1] = x.flatten(1).std(dim=1, correction=0).double().numpy()
-    return x[:, 0].double().numpy(), resp, stds
+            new = _blur(x.detach() + config.step_size * g, float(sigmas[t]))
+            new = rescale_unit(new, config.rescale)
+            if stopped.any():  # frozen starts keep their image
+                keep = torch.as_tensor(stopped, device=device).view(-1, 1, 1, 1)
+                new = torch.where(keep, x.detach(), new)
+            x = new
+    live = np.flatnonzero(~stopped)
+    if len(live):
+        with torch.no_grad():
+            resp[live, -1] = responses(model, x).double().cpu().numpy()[live]
+            stds[live, -1] = x.flatten(1).std(dim=1, correction=0).double().cpu().numpy()[live]
+        final[live] = x.detach()[:, 0].double().cpu().numpy()[live]
+    return final, resp, stds, ran
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`gaussian_blur` with its kernel made on ``x``'s device."""
+    if x.device.type == "cpu":
+        return gaussian_blur(x, sigma)
+    with x.device:  # the kernel is a factory tensor of gaussian_blur
+        return gaussian_blur(x, sigma)
 
 
 def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIResult:
@@ -344,8 +509,10 @@ def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIRe
     Returns
     -------
     MEIResult
-        The best start's image (highest predicted response), every start's image and trace,
-        and the agreement between starts.
+        The best start's image (highest predicted response), every start's image and trace
+        (up to where it stopped, ``StartResult.steps_run``), and the agreement between starts.
+        The loop runs on the device of the model's parameters (:func:`model_device`); every
+        array of the result is a CPU numpy array.
 
     Examples
     --------
@@ -363,13 +530,18 @@ def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIRe
     check(imgs.ndim == 3 and len(imgs) > 0, "images", "a non-empty n x H x W stack", imgs.shape)
     c_star = config.target_std if config.target_std is not None else target_contrast(imgs)
     t0 = time.perf_counter()
-    final, resp, stds = _ascend(model, start_images(config, imgs.shape[1:]), c_star, config)
-    starts = [StartResult(name, final[i], resp[i], stds[i]) for i, name in enumerate(config.starts)]
-    best = int(np.argmax(resp[:, -1]))
+    final, resp, stds, ran = _ascend(model, start_images(config, imgs.shape[1:]), c_star, config)
+    starts = [
+        StartResult(name, final[i], resp[i, : ran[i] + 1], stds[i, : ran[i] + 1],
+                    converged=bool(ran[i] < config.steps))
+        for i, name in enumerate(config.starts)
+    ]
+    last = np.array([st.final_response for st in starts])
+    best = int(np.argmax(last))
     corr, rel = agreement(final)
     return MEIResult(
         mei=final[best],
-        response=float(resp[best, -1]),
+        response=float(last[best]),
         best=best,
         starts=starts,
         agreement=corr,
@@ -420,9 +592,13 @@ def blur_sigmas(config: MEIConfig) -> np.ndarray:
     >>> blur_sigmas(MEIConfig(steps=10, blur_start=4.0, blur_end=0.0, blur_fraction=0.5))
     array([4. , 3.2, 2.4, 1.6, 0.8, 0. , 0. , 0. , 0. , 0. ])
     """
-    n_decay = max(int(round(config.blur_fraction * config.steps)), 1)
-    frac = np.clip(np.arange(config.steps) / n_decay, 0.0, 1.0)
+    frac = np.clip(np.arange(config.steps) / _n_decay(config), 0.0, 1.0)
     return config.blur_start + (config.blur_end - config.blur_start) * frac
+
+
+def _n_decay(config: MEIConfig) -> int:
+    """Steps over which the blur sigma decays."""
+    return max(int(round(config.blur_fraction * config.steps)), 1)
 
 
 def start_images(config: MEIConfig, shape: tuple[int, int]) -> np.ndarray:

@@ -137,9 +137,13 @@ def plot_trace(result, response_unit: str = "predicted response") -> Figure:
     ax_r, ax_s = fig.subplots(1, 2)
     for i, st in enumerate(result.starts):
         lw, alpha = (2.0, 1.0) if i == result.best else (1.0, 0.6)
-        label = f"{st.name} {i}" + (" (best)" if i == result.best else "")
-        ax_r.plot(st.response, lw=lw, alpha=alpha, label=label)
+        stopped = getattr(st, "converged", False)
+        label = f"{st.name} {i}" + (" (best)" if i == result.best else "") + (
+            f", converged at step {st.steps_run}" if stopped else "")
+        (line,) = ax_r.plot(st.response, lw=lw, alpha=alpha, label=label)
         ax_s.plot(st.std, lw=lw, alpha=alpha, label=label)
+        if stopped:  # where the stopping rule ended this start
+            ax_r.plot(st.steps_run, st.final_response, "o", color=line.get_color())
     ax_s.axhline(result.c_star, color="k", ls="--", lw=1, label="c* (target std)")
     ax_r.set_xlabel("step")
     ax_r.set_ylabel(response_unit)
@@ -148,6 +152,7 @@ def plot_trace(result, response_unit: str = "predicted response") -> Figure:
     ax_s.set_ylabel("image std (grey levels, 0-1)")
     ax_s.set_title("contrast")
     ax_s.legend(fontsize="small")
+    ax_r.legend(fontsize="small")
     return fig
 
 

@@ -400,7 +400,10 @@ class UnitMEI:
                 # JSON has no inf: an unmodulated-mean (silent on average) model is simple-like
                 "mei_f1_f0": float(self.f1_f0) if np.isfinite(self.f1_f0) else None,
                 "c_star": float(self.c_star), "mean_luminance": float(self.mean),
-                "mei_seconds": float(res.seconds)}
+                "mei_seconds": float(res.seconds),
+                # steps the kept start ran (the stopping rule's verdict), and all starts
+                "mei_steps": int(res.summary()["steps"]),
+                "mei_steps_total": int(res.summary()["steps_total"])}
 
 
 def unit_mei(model, train_images, images, config) -> UnitMEI:
