@@ -193,3 +193,16 @@ def test_predict_counts_takes_arrays_and_tensors(data):
     assert want.dtype == np.float64 and want.shape == (9, 2)
     for same in (torch.as_tensor(x), x.astype(np.float64)):
         np.testing.assert_array_equal(predict_counts(fit.model, same, batch_size=4), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(FITS))
+def test_cuda_fit_matches_the_cpu_fit(data, name):
+    """On a GPU: the same seeds give the same model within float tolerance (``nox -s gpu``)."""
+    assert torch.cuda.is_available(), "the gpu tests need a GPU (nox -s gpu on a GPU machine)"
+    cpu = fit_model(data, **FITS[name], device="cpu")
+    gpu = fit_model(data, **FITS[name], device="cuda")
+    assert model_device(gpu.model).type == "cuda"
+    a, b = cpu.predict(data.images), gpu.predict(data.images)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999
+    np.testing.assert_allclose(cpu.metrics["test_corr"], gpu.metrics["test_corr"], atol=0.02)

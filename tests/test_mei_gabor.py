@@ -241,8 +241,9 @@ def test_batches_and_the_probe_bank_do_not_change_the_search():
     assert len(_PROBE_BANKS) == 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_search_on_the_gpu_matches_the_cpu():
+    assert torch.cuda.is_available(), "the gpu tests need a GPU (nox -s gpu on a GPU machine)"
     cpu = gabor_search(SmallCNN(0), GEOM, mean=0.45, std=0.15, config=QUICK)
     gpu = gabor_search(SmallCNN(0).cuda(), GEOM, mean=0.45, std=0.15, config=QUICK)
     assert isinstance(gpu.image, np.ndarray) and gpu.n_evaluated == cpu.n_evaluated

@@ -350,8 +350,9 @@ def test_results_are_cpu_numpy_on_the_model_device(train_images):
     assert isinstance(res.mei, np.ndarray) and isinstance(res.starts[0].response, np.ndarray)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_mei_on_the_gpu_matches_the_cpu(train_images):
+    assert torch.cuda.is_available(), "the gpu tests need a GPU (nox -s gpu on a GPU machine)"
     w = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
     cpu = generate_mei(LinearModel(w).double(), train_images, MEIConfig(steps=200))
     gpu = generate_mei(LinearModel(w).double().cuda(), train_images, MEIConfig(steps=200))

@@ -67,9 +67,9 @@ def precondition(grad: torch.Tensor, filt: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft2(spec, s=grad.shape[-2:])
 
 
-def _gauss_kernel(sigma: float, size: int, dtype) -> torch.Tensor:
+def _gauss_kernel(sigma: float, size: int, dtype, device=None) -> torch.Tensor:
     radius = max(1, min(int(np.ceil(4 * sigma)), size - 1))
-    t = torch.arange(-radius, radius + 1, dtype=dtype)
+    t = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     return k / k.sum()
 
@@ -88,7 +88,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma < 0.05:
         return x
     rows, cols = x.shape[-2:]
-    kr, kc = _gauss_kernel(sigma, rows, x.dtype), _gauss_kernel(sigma, cols, x.dtype)
+    kr = _gauss_kernel(sigma, rows, x.dtype, x.device)
+    kc = _gauss_kernel(sigma, cols, x.dtype, x.device)
     pr, pc = len(kr) // 2, len(kc) // 2
     y = nn.functional.pad(x, (0, 0, pr, pr), mode="reflect")
     y = nn.functional.conv2d(y, kr.view(1, 1, -1, 1))

@@ -44,6 +44,7 @@ from meireport.mei.ops import (
     target_contrast,
 )
 from meireport.mei.targets import EnsembleModel, Model, as_model, model_dtype, responses
+from meireport.models.device import model_device
 
 __all__ = [
     "blur_sigmas",
@@ -362,23 +363,6 @@ def phase_agreement(images) -> float:
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def model_device(model) -> torch.device:
-    """The device of a model's parameters (else of its buffers); the CPU for a plain callable.
-
-    Examples
-    --------
-    >>> from meireport.mei.targets import LinearModel
-    >>> model_device(LinearModel(np.eye(3))), model_device(lambda x: x.sum(dim=(1, 2, 3)))
-    (device(type='cpu'), device(type='cpu'))
-    """
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return torch.device("cpu")
-
-
 def _band_steps(t: int, config: MEIConfig) -> np.ndarray | None:
     """Steps whose responses the stopping rule compares at step ``t`` (None: no test at ``t``).
 
@@ -469,7 +453,7 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
             rms = torch.sqrt((g.flatten(1) ** 2).mean(dim=1)).view(-1, 1, 1, 1)
             g = g / rms.clamp_min(1e-20)
         with torch.no_grad():
-            new = _blur(x.detach() + config.step_size * g, float(sigmas[t]))
+            new = gaussian_blur(x.detach() + config.step_size * g, float(sigmas[t]))
             new = rescale_unit(new, config.rescale)
             if stopped.any():  # frozen starts keep their image
                 keep = torch.as_tensor(stopped, device=device).view(-1, 1, 1, 1)
@@ -482,14 +466,6 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
             stds[live, -1] = x.flatten(1).std(dim=1, correction=0).double().cpu().numpy()[live]
         final[live] = x.detach()[:, 0].double().cpu().numpy()[live]
     return final, resp, stds, ran
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """:func:`gaussian_blur` with its kernel made on ``x``'s device."""
-    if x.device.type == "cpu":
-        return gaussian_blur(x, sigma)
-    with x.device:  # the kernel is a factory tensor of gaussian_blur
-        return gaussian_blur(x, sigma)
 
 
 def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIResult:

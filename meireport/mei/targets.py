@@ -10,6 +10,7 @@ from torch import nn
 
 from meireport.errors import MeireportError
 from meireport.mei._checks import check
+from meireport.models.device import model_device
 
 __all__ = [
     "UnitModel",
@@ -229,12 +230,14 @@ def predict(model: Model, images, batch_size: int = 256) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(0, len(a), batch_size):
-            x = torch.as_tensor(a[i : i + batch_size, None], dtype=model_dtype(model))
-            out.append(responses(model, x).double().numpy())
+            x = torch.as_tensor(a[i : i + batch_size, None], dtype=model_dtype(model),
+                                device=model_device(model))
+            out.append(responses(model, x).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
 def model_dtype(model) -> torch.dtype:
+    """The floating dtype of a model's parameters (else buffers); float32 for a callable."""
     if isinstance(model, nn.Module):
         for p in list(model.parameters()) + list(model.buffers()):
             if p.is_floating_point():

@@ -65,14 +65,18 @@ def _need_cuda() -> None:
         )
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter (or buffer); the CPU for a model with neither.
+def model_device(model) -> torch.device:
+    """The device of a model's first parameter (or buffer), else the CPU.
+
+    The CPU also for a plain callable (an MEI target such as ``lambda x: x.sum(dim=(1, 2, 3))``).
 
     Examples
     --------
-    >>> model_device(nn.Linear(2, 1))
-    device(type='cpu')
+    >>> model_device(nn.Linear(2, 1)), model_device(lambda x: x)
+    (device(type='cpu'), device(type='cpu'))
     """
+    if not isinstance(model, nn.Module):
+        return torch.device("cpu")
     for t in model.parameters():
         return t.device
     for t in model.buffers():
