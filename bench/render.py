@@ -212,6 +212,58 @@ def _profile_rows(rows: list[dict], key: str) -> list[str]:
                     str(r.get("calls", fmt(r.get("self_s"), "s")))] for r in rows])
 
 
+def _engine_cell(f: dict) -> str:
+    """The baseline's cell of a target row: its value, else what it says instead."""
+    label = f.get("baseline") or ""
+    if f.get("baseline_value") is not None:
+        value = fmt(f["baseline_value"], f["unit"])
+        # the previous engine unless the label says otherwise
+        return value if label.endswith("(stage waves)") else f"{label}: {value}"
+    return label.split(": ", 1)[1] if ": " in label else "-"
+
+
+def _engine(data: dict, sec: dict) -> list[str]:
+    """The run engine's section: issue #14's targets beside the previous engine."""
+    base = sec.get("baseline", {})
+    cur = sec.get("current", {})
+    imp = sec.get("imports", {})
+    out = ["## Run engine (issue #14)", "",
+           f"Baseline: the previous engine (stage waves), commit `{str(base.get('commit'))[:10]}`, "
+           f"run from a git worktree (`{base.get('path')}`, {base.get('worktree')}) with the same "
+           "Python; current: this tree"
+           + (f" (`{str(cur.get('commit'))[:10]}` + {cur.get('modified_tracked_files')} modified "
+              "files)" if cur.get("commit") else "") + ". Each run is its own process with a "
+           "fresh `MEIREPORT_CACHE`, except where reuse is measured.", ""]
+    if imp:
+        out += ["`meireport` imported by the children (checked in each, under its tree): "
+                + "; ".join(f"{k} `{v}`" for k, v in imp.items()) + ".", ""]
+    for label, p in (sec.get("params") or {}).items():
+        dropped = p.get("baseline_dropped") or []
+        out += [f"Params `{label}`: `{p.get('from')}` with `{json.dumps(p.get('edits'))}`"
+                + (f"; dropped for the baseline (unknown to it): `{', '.join(dropped)}`"
+                   if dropped else "") + ".", ""]
+    figs = _section_figs(data, "engine")
+    rows = [[f["name"], f.get("target") or "-", _engine_cell(f), fmt(f["value"], f["unit"]),
+             fmt_ratio(f.get("ratio"), f.get("ratio_kind", "")), _met(f.get("met")),
+             f.get("note") or ""] for f in figs]
+    if rows:
+        out += ["Every figure marked EXTRAPOLATED is computed, not measured.", ""]
+        out += _table(["Measurement", "Target", "Baseline", "Current", "Ratio", "Met?", "Note"],
+                      rows)
+    runs = sec.get("runs") or {}
+    if runs:
+        out += ["The runs:", ""]
+        out += _table(["Run", "Engine", "Wall", "Tasks run", "Cached", "Busy (wall)",
+                       "Busy (graph span)", "Peak RSS"],
+                      [[k, r["engine"], fmt(r["wall_s"], "s"), str(r["n_executed"]),
+                        str(r["n_cached"]), fmt(r.get("busy_fraction"), "fraction"),
+                        fmt(r.get("busy_fraction_span"), "fraction"),
+                        fmt(r.get("peak_rss_mb"), "MB")] for k, r in runs.items()])
+    for name, why in (sec.get("skipped") or {}).items():
+        out += [f"- skipped: {name}: {why}"]
+    return out + [""]
+
+
 def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) -> str:
     """Write the page and its plots; return the markdown."""
     secs = data.get("sections", {})
@@ -377,6 +429,10 @@ def render(data: dict, md_path: Path = RESULTS_MD, png_dir: Path = BENCH_DIR) ->
         out += _fig_rows(_section_figs(data, "scaling"))
         if _plot_scaling(data, plots["scaling"]):
             out += [f"![Scaling]({PNG['scaling']})", ""]
+
+    en = secs.get("engine")
+    if en:
+        out += _engine(data, en)
 
     prof = []
     if sp and sp.get("profile_warm_count"):

@@ -5,9 +5,11 @@ Directly: ``python -m bench.run_all [--only spikes,oracle] [--skip scaling] [--q
 
 Sections, in order: ``data`` (the seed-sized session), ``spikes``, ``oracle``, ``models``
 (the training/MEI scripts of the other issues), ``report`` (tiny report cold / rebuild / MEI
-changed, papermill overhead), ``scaling``. A failing section is recorded and the others go on.
-The whole is sized to finish in 30 minutes from a fresh clone on a 2-core machine; ``--budget-min``
-makes the scaling curve drop points rather than overrun.
+changed, papermill overhead), ``scaling``, ``engine`` (issue #14's targets against the
+previous engine, commit 8ae6a11, run from a git worktree). A failing section is recorded and the
+others go on. The whole is sized to finish in 30 minutes from a fresh clone on a 2-core machine;
+``--budget-min`` makes the scaling curve drop points, and the engine section skip measurements,
+rather than overrun.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ if __package__ in (None, ""):  # `python bench/run_all.py`
 
 from bench.common import RESULTS_JSON, WORK_DIR, Results, log, machine_info  # noqa: E402
 
-SECTIONS = ("spikes", "oracle", "models", "report", "scaling")  # scaling adapts to the budget
+# scaling and engine adapt to the budget; engine comes last (it extrapolates scaling's fit)
+SECTIONS = ("spikes", "oracle", "models", "report", "scaling", "engine")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections; always write the results and the page."""
     args = _args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # the reports the bench runs share a study cache of their own (never the user's ~/.cache)
+    os.environ.setdefault("MEIREPORT_CACHE", str(WORK_DIR / "cache"))
     started = args.started_at or time.time()
     deadline = started + 60 * args.budget_min
     only = {s for s in args.only.split(",") if s}
@@ -134,6 +139,10 @@ def _run(name: str, res: Results, data: dict | None, args: argparse.Namespace,
             neurons = tuple(n for n in neurons if n <= 4)
         bench_scaling.run_section(res, neurons=neurons, compare_n=args.compare_n,
                                   deadline=deadline)
+    elif name == "engine":
+        from bench import bench_engine
+
+        bench_engine.run_section(res, quick=args.quick, deadline=deadline)
 
 
 if __name__ == "__main__":
