@@ -25,8 +25,8 @@ reads: its own settings, the keys of the pieces it reads and the source of the c
 Per session size:
 
 - ``sim`` (:func:`sim_piece`): the simulated session, extracted, and the rule-independent unit
-  measures (:func:`unit_measures`: oracle correlation, RF centres) the modelled units are chosen
-  from;
+  measures (:func:`meireport.report.stages.unit_measures`: oracle correlation, RF centres) the
+  modelled units are chosen from;
 - ``select`` (:func:`select_piece`): the report's selection rule on it: precision, recall and each
   unit's ``selected``, ``selection_stability``, ``rf_p_value``;
 - ``unit`` (:func:`unit_piece`, ``n_units`` per tuned kind): one unit's every model variant and
@@ -74,7 +74,6 @@ __all__ = [
     "population_piece",
     "plan_tasks",
     "limits_stage",
-    "unit_measures",
     "choose_spread",
     "curve_table",
     "options_table",
@@ -237,49 +236,6 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
     return out
 
 
-def unit_measures(session_dir, seed: int = 0) -> pd.DataFrame:
-    """The selection stage's unit measures without its rule: what the modelled units rest on.
-
-    The metrics (:func:`meireport.select.unit_metrics`: oracle correlation, variance, ...) and
-    the receptive fields (:func:`meireport.select.receptive_fields`: RF centre in model pixels,
-    ``has_rf``) of :func:`meireport.report.stages.select_stage`, computed the same way from the
-    extraction artifacts, plus ``true_kind`` on a simulated session; no ``selected`` column.
-
-    Parameters
-    ----------
-    session_dir : path
-        A folder of extraction artifacts (:func:`meireport.report.stages.extract_stage`).
-    seed : int, default 0
-        Seed of the metrics' IsolationForest and of the RF permutation test.
-
-    Returns
-    -------
-    DataFrame
-        One row per unit of the area.
-    """
-    from meireport.artifacts import load_npz
-    from meireport.report.stages import session_gabors
-    from meireport.select import receptive_fields, unit_metrics
-    from meireport.stimuli import ScreenGeometry
-
-    sdir = Path(session_dir)
-    tr = load_npz(sdir / "trials.npz")
-    units = load_csv(sdir / "units.csv").set_index("unit_id")
-    info = load_json(sdir / "session.json")
-    ids = tr["unit_ids"].astype(np.int64)
-    means = pd.DataFrame(np.nanmean(tr["data"], axis=2).T, index=tr["image_ids"], columns=ids)
-    areas = units.loc[ids, "ecephys_structure_acronym"].astype(str).tolist()
-    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=seed)
-    g = session_gabors(sdir)
-    deg_to_px = ScreenGeometry.from_dict(info["geometry"]).deg_to_px
-    rf = receptive_fields(g.table, g.counts, deg_to_px, seed=seed)
-    metrics = metrics.merge(rf.rename(columns={"n_spikes": "rf_n_spikes"}), on="unit_id",
-                            how="left")
-    if "true_kind" in units.columns:
-        metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
-    return metrics
-
-
 # -------------------------------------------------------------------------------------------
 # the pieces: one part of the study each, kept in the shared store under what it reads
 # -------------------------------------------------------------------------------------------
@@ -348,9 +304,9 @@ def sim_piece(n: int, limits: dict | None = None, cache: str | None = None) -> s
 
     Simulates the session, extracts it (:func:`meireport.report.stages.extract_stage`) and
     computes the rule-independent unit measures the modelled units are chosen from
-    (:func:`unit_measures`, ``measures.csv``). The entry keeps what later pieces read: the
-    extraction artifacts (``session/``) and the ground truth; the NWB file and image templates
-    are dropped once extracted.
+    (:func:`meireport.report.stages.unit_measures`, ``measures.csv``). The entry keeps what
+    later pieces read: the extraction artifacts (``session/``) and the ground truth; the NWB
+    file and image templates are dropped once extracted.
 
     Key: ``n``, the study's ``seed``, ``n_repeats`` and ``area_population``, the code of
     ``sources``, ``extract``, ``select``, ``stimuli``, ``report/limits``, ``report/stages``.
@@ -376,7 +332,7 @@ def sim_piece(n: int, limits: dict | None = None, cache: str | None = None) -> s
 
 def _sim(n: int, limits: dict | None = None, cache: str | None = None) -> tuple[str, bool]:
     """The sim piece: its entry's key, and whether the entry was already there."""
-    from meireport.report.stages import extract_stage, single_thread_torch
+    from meireport.report.stages import extract_stage, single_thread_torch, unit_measures
     from meireport.sources import open_session, simulate_session
 
     single_thread_torch()

@@ -829,8 +829,14 @@ def plan_summary_task(params: Params, run_dir: Path, sid: int,
 
 
 def _priority(task) -> int:
-    """Session stages first (they unlock the neurons); every other task in the order it is ready."""
-    return 0 if getattr(task, "stage", "") in ("extract", "select") else 1
+    """Which ready task starts first: lower first, then in the order they became ready.
+
+    Session stages (they unlock the neurons), then the user's neurons and pages, then the
+    data-limit study's pieces, which fill every worker the neurons leave free.
+    """
+    if isinstance(task, CallTask):
+        return 2
+    return 0 if task.stage in ("extract", "select") else 1
 
 
 @contextmanager

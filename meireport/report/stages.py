@@ -47,6 +47,7 @@ __all__ = [
     "mei_truth_values",
     "rf_centre",
     "single_thread_torch",
+    "unit_measures",
     "trust_stage",
     "gabor_stage",
     "TrainStage",
@@ -765,30 +766,55 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     return out
 
 
-def _select(sdir: Path, sp: SelectionParams) -> dict:
-    """Compute and write the selection; returns the table's ``attrs`` (the rule's thresholds)."""
-    from meireport.select import (
-        receptive_fields,
-        rf_maps,
-        select_units,
-        selection_stability,
-        unit_metrics,
-    )
+def unit_measures(session_dir, seed: int = 0) -> pd.DataFrame:
+    """The selection stage's unit measures without its rule: what the modelled units rest on.
+
+    The metrics (:func:`meireport.select.unit_metrics`: oracle correlation, variance, ...) and
+    the receptive fields (:func:`meireport.select.receptive_fields`: RF centre in model pixels,
+    ``has_rf``) from the extraction artifacts, plus ``true_kind`` on a simulated session; no
+    ``selected`` column. :func:`select_stage` applies its rule to these; the data-limit study
+    chooses its units from them.
+
+    Parameters
+    ----------
+    session_dir : path
+        A folder of extraction artifacts (:func:`meireport.report.stages.extract_stage`).
+    seed : int, default 0
+        Seed of the metrics' IsolationForest and of the RF permutation test.
+
+    Returns
+    -------
+    DataFrame
+        One row per unit of the area.
+    """
+    from meireport.select import receptive_fields, unit_metrics
+
+    sdir = Path(session_dir)
     tr = load_npz(sdir / "trials.npz")
     units = load_csv(sdir / "units.csv").set_index("unit_id")
     info = load_json(sdir / "session.json")
     ids = tr["unit_ids"].astype(np.int64)
     means = pd.DataFrame(np.nanmean(tr["data"], axis=2).T, index=tr["image_ids"], columns=ids)
     areas = units.loc[ids, "ecephys_structure_acronym"].astype(str).tolist()
-    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=sp.seed)
+    metrics = unit_metrics(tr["data"], means, ids, areas=areas, seed=seed)
     g = session_gabors(sdir)
-    table, counts = g.table, g.counts
-    geometry = ScreenGeometry.from_dict(info["geometry"])
-    rf = receptive_fields(table, counts, geometry.deg_to_px, seed=sp.seed)
+    deg_to_px = ScreenGeometry.from_dict(info["geometry"]).deg_to_px
+    rf = receptive_fields(g.table, g.counts, deg_to_px, seed=seed)
     metrics = metrics.merge(rf.rename(columns={"n_spikes": "rf_n_spikes"}), on="unit_id",
                             how="left")
     if "true_kind" in units.columns:
         metrics["true_kind"] = units.loc[metrics["unit_id"], "true_kind"].to_numpy()
+    return metrics
+
+
+def _select(sdir: Path, sp: SelectionParams) -> dict:
+    """Compute and write the selection; returns the table's ``attrs`` (the rule's thresholds)."""
+    from meireport.select import rf_maps, select_units, selection_stability
+
+    tr = load_npz(sdir / "trials.npz")
+    ids = tr["unit_ids"].astype(np.int64)
+    metrics = unit_measures(sdir, seed=sp.seed)
+    g = session_gabors(sdir)
     out = select_units(metrics, sp.rule())
     # stability of passing the rule itself: the max_units cap is a budget, not a reliability
     uncapped = sp.model_copy(update={"max_units": None}).rule()
@@ -798,7 +824,7 @@ def _select(sdir: Path, sp: SelectionParams) -> dict:
     )
     out["selection_stability"] = stability.loc[out["unit_id"]].to_numpy()
     save_csv(sdir / "selection.csv", out, index=False)
-    maps = rf_maps(table, counts)
+    maps = rf_maps(g.table, g.counts)
     save_npz(sdir / "rfmap.npz", maps=maps.maps, x_deg=maps.x_deg, y_deg=maps.y_deg,
              unit_ids=np.asarray(maps.unit_ids, dtype=np.int64))
     return {k: {n: float(x) for n, x in v.items()} if isinstance(v, dict) else v
