@@ -70,6 +70,8 @@ def _env(venv_dir: Path) -> dict[str, str]:
     env["VIRTUAL_ENV"] = str(venv_dir)
     env["PYTHONNOUSERSITE"] = "1"
     env["MPLBACKEND"] = "Agg"
+    # the study's shared cache beside the venv (never the user's ~/.cache)
+    env["MEIREPORT_CACHE"] = str(venv_dir.parent / "meireport-cache")
     return env
 
 
