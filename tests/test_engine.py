@@ -25,7 +25,7 @@ COST = {"extract": 0.2, "select": 0.2, "train": 0.6, "mei": 0.3, "gabor": 0.3, "
         "limits": 0.1}
 
 
-def _fake_execute(task):
+def _fake_execute(task, kernel=None):
     """Stand-in for a notebook execution: sleep, write every declared output."""
     t0 = time.perf_counter()
     slow = 3.0 if task.stage == "train" and task.unit_id == UNITS[-1] else 1.0
@@ -149,3 +149,47 @@ def test_graph_errors_are_named():
     with pytest.raises(GraphError, match="cycle among: a, b"):
         run_graph([SimpleNamespace(task_id="a", deps=("b",)),
                    SimpleNamespace(task_id="b", deps=("a",))], work)
+
+
+def _notebook(path: Path, *cells: str) -> str:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+    return str(path)
+
+
+def test_a_shared_kernel_serves_several_notebooks_with_a_fresh_namespace(tmp_path):
+    """One kernel process for a neuron's notebooks; what one notebook defined is gone in the
+    next, what it imported is still loaded; the kernel is shut down at the end."""
+    import os
+
+    from meireport.report.run import SharedKernel, Task, execute_task
+
+    first = _notebook(tmp_path / "a.ipynb", "import os, sys, json\nleft_behind = 1",
+                      "open('a.pid', 'w').write(str(os.getpid()))")
+    second = _notebook(tmp_path / "b.ipynb",
+                       "import os\nopen('b.pid', 'w').write(str(os.getpid()))",
+                       "assert 'left_behind' not in dir(), 'namespace not reset'",
+                       "import sys\nassert 'json' in sys.modules")
+
+    def task(template, name):
+        return Task(stage="train", session_id=1, unit_id=2, template=template,
+                    output=str(tmp_path / f"out_{name}.ipynb"), workdir=str(tmp_path),
+                    session_dir=str(tmp_path), parameters={}, inputs={}, outputs={})
+
+    with SharedKernel() as kernel:
+        a = execute_task(task(first, "a"), kernel=kernel)
+        b = execute_task(task(second, "b"), kernel=kernel)
+        assert kernel.used == 2
+    assert (a.status, b.status) == ("ok", "ok"), (a.error, b.error)
+    pids = {(tmp_path / f).read_text() for f in ("a.pid", "b.pid")}
+    assert len(pids) == 1  # the same kernel process
+    pid = int(pids.pop())
+    with pytest.raises(ProcessLookupError):  # and it was shut down
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)

@@ -136,9 +136,10 @@ def _failure_line(failed: list[dict], n_tasks: int, index: Path | None, run_dir:
 
     notebooks = [r["notebook"] for r in failed if r.get("notebook")]
     where = f"notebooks: {_listing(notebooks)}" if notebooks else "no notebook (skipped)"
-    if stopped:
+    if stopped:  # the failed task(s), not those of its neuron skipped after it
+        first = [r for r in failed if r.get("status") == "failed"] or failed
         return (f"meireport: stopped at the first failed task (--strict): "
-                f"{_listing([r['task_id'] for r in failed])}; {where}; no site built")
+                f"{_listing([r['task_id'] for r in first])}; {where}; no site built")
     head = f"meireport: {len(failed)} of {n_tasks} tasks failed or were skipped"
     if index is None:
         return f"{head}; {where}; `meireport build {run_dir}` shows their pages"

@@ -30,7 +30,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +63,9 @@ __all__ = [
     "choose_neurons",
     "execute_task",
     "run_task",
+    "TaskChain",
+    "ChainResult",
+    "SharedKernel",
     "NotebookKernel",
     "RunFolder",
     "RunFolderBusy",
@@ -239,6 +242,52 @@ class RunResult:
         return [r for r in self.results if r.status in ("failed", "skipped")]
 
 
+@dataclass
+class TaskChain:
+    """Notebook tasks run one after the other in one kernel: one node of the graph.
+
+    A neuron's training, MEI and Gabor pages form one chain: they depend on each other anyway,
+    and one kernel start and one import of torch, matplotlib and meireport serve all three
+    (:class:`SharedKernel`). Each task keeps its own cache record and result.
+    """
+
+    tasks: list[Task]
+    deps: tuple[str, ...] = ()
+
+    @property
+    def task_id(self) -> str:
+        """``<session>/<unit>/chain``."""
+        t = self.tasks[0]
+        return f"{t.session_id}/{t.unit_id if t.unit_id is not None else '-'}/chain"
+
+    @property
+    def stage(self) -> str:
+        """``chain``."""
+        return "chain"
+
+
+@dataclass
+class ChainResult:
+    """The results of a :class:`TaskChain`'s tasks."""
+
+    task_id: str
+    results: list[TaskResult]
+    stage: str = "chain"
+
+    @property
+    def status(self) -> str:
+        """``failed`` when a task of the chain failed or was skipped, else ``ok``."""
+        bad = any(r.status in ("failed", "skipped") for r in self.results)
+        return "failed" if bad else "ok"
+
+
+def chain(tasks: list[Task]) -> TaskChain:
+    """The tasks as one chain, depending on what its tasks depend on outside it."""
+    own = {t.task_id for t in tasks}
+    deps = dict.fromkeys(d for t in tasks for d in t.deps if d not in own)
+    return TaskChain(list(tasks), tuple(deps))
+
+
 # -------------------------------------------------------------------------------------------
 # planning
 # -------------------------------------------------------------------------------------------
@@ -368,7 +417,8 @@ def _read_record(f: Path, task: Task, notes: list[str]) -> dict | None:
     else:
         problem = "is not a cache record (expected an object with key, status, outputs)"
     if not (isinstance(rec, dict) and isinstance(rec.get("outputs", {}), dict)):
-        _note(notes, f"cache record {f} {problem}; re-executing {task.task_id}")
+        # said (logged) once, where the run collects its results (_note in execute_run)
+        notes.append(f"cache record {f} {problem}; re-executing {task.task_id}")
         return None
     return rec
 
@@ -486,18 +536,86 @@ class NotebookKernel:
                 proc.wait()
 
 
-def execute_task(task: Task) -> TaskResult:
+class SharedKernel(NotebookKernel):
+    """One kernel for several notebooks executed one after the other (a neuron's pages).
+
+    The kernel starts with the first notebook and is kept between them: its start and its
+    imports (torch, matplotlib, meireport) are paid once. Before each later notebook the
+    kernel's namespace is emptied (``%reset -f``), so that a notebook never reads what an
+    earlier one left; the modules stay imported. Leaving the ``with`` block shuts it down
+    (kills it when it is busy: a timeout, an interrupted run).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.km = None
+        self.used = 0
+        #: The folder the notebooks run in (the kernel's IPC sockets may be named relative to it).
+        self.cwd: str | None = None
+
+    def options(self) -> dict:
+        """As :meth:`NotebookKernel.options`, with the one kernel manager (``km``) passed on."""
+        opts = super().options()
+        if self.km is None:
+            self.km = opts["kernel_manager_class"](kernel_name="python3")
+        elif self.km.has_kernel:
+            self._reset()
+        self.used += 1
+        return {"km": self.km, "on_cell_execute": opts["on_cell_execute"],
+                "on_cell_executed": opts["on_cell_executed"]}
+
+    def _reset(self) -> None:
+        """Empty the kernel's namespace: a one-cell notebook run on the same kernel."""
+        import nbformat
+        import papermill as pm
+
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("%reset -f")]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                     "language": "python"}
+        pm.execute_notebook(nb, None, km=self.km, kernel_name="python3", progress_bar=False,
+                            log_output=False, execution_timeout=60, cwd=self.cwd)
+
+    def close(self) -> None:
+        """Shut the kernel down (killed when it is busy or does not answer)."""
+        from jupyter_core.utils import run_sync
+
+        if self.km is not None and self.km.has_kernel:
+            # the IPC socket files are named relative to the notebooks' folder
+            with chdir(self.cwd or "."):
+                try:
+                    run_sync(self.km.shutdown_kernel)(now=not self.idle)
+                except Exception:  # a dead kernel: nothing to shut down, its files to remove
+                    self.kill()
+                    with suppress(Exception):
+                        run_sync(self.km._async_cleanup_resources)()
+        self.km = None
+
+    def __enter__(self) -> SharedKernel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is KeyboardInterrupt:
+            self.kill()
+        self.close()
+
+
+def execute_task(task: Task, kernel: SharedKernel | None = None) -> TaskResult:
     """Execute one notebook with papermill (picklable: runs in pool or Dask workers).
 
     The executed notebook is written atomically beside the task's outputs, also when it fails
-    (so the report can show the error). The kernel is quiet (:class:`NotebookKernel`).
+    (so the report can show the error). The kernel is quiet (:class:`NotebookKernel`): its own,
+    or ``kernel``, shared with the notebooks executed before and after it.
     """
     import papermill as pm
 
     t0 = time.perf_counter()
     Path(task.workdir).mkdir(parents=True, exist_ok=True)
     error = None
-    kernel = NotebookKernel()
+    if kernel is None:
+        kernel = NotebookKernel()
+    else:
+        kernel.cwd = task.workdir
     with atomic_path(task.output, ".ipynb") as tmp:
         try:
             pm.execute_notebook(
@@ -538,7 +656,10 @@ def run_task(run_dir: str, task, deps: list[TaskResult]) -> TaskResult:
     """
     run_dir = Path(run_dir)
     t0 = time.time()
+    deps = _flatten(deps)
     bad = [d.task_id for d in deps if d.status in ("failed", "skipped")]
+    if isinstance(task, TaskChain):
+        return ChainResult(task.task_id, _run_chain(run_dir, task, bad))
     if isinstance(task, CallTask):
         res = _run_call(task, bad)
     elif task.stage == "summary":  # shows every outcome of its session, failures included
@@ -555,6 +676,30 @@ def run_task(run_dir: str, task, deps: list[TaskResult]) -> TaskResult:
     return res
 
 
+def _flatten(results: list) -> list[TaskResult]:
+    return [r for x in results for r in (x.results if isinstance(x, ChainResult) else [x])]
+
+
+def _run_chain(run_dir: Path, chain: TaskChain, bad: list[str]) -> list[TaskResult]:
+    """A chain's notebooks in order, in one kernel; after a failure the rest are skipped."""
+    out: list[TaskResult] = []
+    with SharedKernel() as kernel:
+        for task in chain.tasks:
+            t0 = time.time()
+            if bad:
+                res = TaskResult(task.task_id, task.stage, task.session_id, task.unit_id,
+                                 "skipped", error=f"upstream failed: {', '.join(bad)}")
+                task.key = ""
+                _record(run_dir, task, res)
+            else:
+                res = _run_notebook(run_dir, task, kernel)
+            res.started, res.ended = t0, time.time()
+            if res.status in ("failed", "skipped"):
+                bad = [task.task_id]
+            out.append(res)
+    return out
+
+
 def _run_call(task: CallTask, bad: list[str]) -> TaskResult:
     if bad:
         return TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "skipped",
@@ -566,7 +711,7 @@ def _run_call(task: CallTask, bad: list[str]) -> TaskResult:
                       r.seconds, r.error)
 
 
-def _run_notebook(run_dir: Path, task: Task) -> TaskResult:
+def _run_notebook(run_dir: Path, task: Task, kernel: SharedKernel | None = None) -> TaskResult:
     notes: list[str] = []
     task.key = _task_key(task) or ""
     if not task.key:
@@ -577,7 +722,7 @@ def _run_notebook(run_dir: Path, task: Task) -> TaskResult:
         return TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "cached",
                           notebook=task.output, notes=notes)
     else:
-        res = execute_task(task)
+        res = execute_task(task) if kernel is None else execute_task(task, kernel=kernel)
     _record(run_dir, task, res)
     res.notes = notes
     return res
@@ -900,16 +1045,21 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
                                     choose_neurons(params, load_csv(sel), neurons))
             _link(new, by_session[sid])
         by_session[sid] += new
-        new.append(plan_summary_task(params, run_dir, sid, by_session[sid]))
-        bar.total += len(new)
-        return new
+        summary = plan_summary_task(params, run_dir, sid, by_session[sid])
+        chains = [chain([t for t in new if t.unit_id == u])
+                  for u in dict.fromkeys(t.unit_id for t in new)]
+        own = {t.task_id: c.task_id for c in chains for t in c.tasks}
+        summary.deps = tuple(dict.fromkeys(own.get(d, d) for d in summary.deps))
+        bar.total += len(new) + 1
+        return [*chains, summary]
 
-    def on_result(res: TaskResult) -> None:
-        for line in res.notes:
-            _note(result.notes, line)
-        result.results.append(res)
-        bar.set_postfix_str(f"{res.task_id} {res.status}")
-        bar.update()
+    def on_result(res) -> None:
+        for r in _flatten([res]):
+            for line in r.notes:
+                _note(result.notes, line)
+            result.results.append(r)
+            bar.set_postfix_str(f"{r.task_id} {r.status}")
+            bar.update()
 
     def stop() -> bool:
         result.stopped = result.stopped or (strict and bool(result.failed))
