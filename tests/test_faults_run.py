@@ -119,7 +119,7 @@ def bad_source_params(tmp_path) -> Path:
 def test_healthy_report_prints_only_progress_and_the_result(done):
     assert done.proc.stderr == "", done.proc.stderr  # no kernel TCP warning, no interrupt noise
     lines = done.proc.stdout.splitlines()
-    assert lines[0].startswith(f"run {done.out}: {N_TASKS} notebooks executed, 0 cached, "
+    assert lines[0].startswith(f"run {done.out}: {N_TASKS} tasks executed, 0 cached, "
                                "0 failed or skipped")
     assert lines[-1].startswith("book built in ") and lines[-1].endswith("index.html")
     mark = json.loads((done.out / MARK_FILE).read_text())
@@ -300,11 +300,11 @@ def test_a_corrupt_cache_record_is_a_miss_said_in_one_line(done, tmp_path, capsy
         f"meireport: note: cache record {record} is not valid JSON (Unterminated string "
         "starting at: line 1 column 9 (char 8)); re-executing "
         f"{_sid_dir(out).name}/-/summary"]
-    assert f"1 notebooks executed, {N_TASKS - 1} cached" in captured.out
+    assert f"1 tasks executed, {N_TASKS - 1} cached" in captured.out
     assert json.loads(record.read_text())["status"] == "ok"
     assert main(_run(done.params, out)) == EXIT_OK  # healed: it blocks nothing
     captured = capsys.readouterr()
-    assert captured.err == "" and f"0 notebooks executed, {N_TASKS} cached" in captured.out
+    assert captured.err == "" and f"0 tasks executed, {N_TASKS} cached" in captured.out
 
 
 def test_a_changed_notebook_is_reexecuted_and_build_names_it(done, tmp_path, capsys):
@@ -316,7 +316,7 @@ def test_a_changed_notebook_is_reexecuted_and_build_names_it(done, tmp_path, cap
         f"book: {nb} is not a readable notebook (NotJSONError); rerun `meireport run` to "
         "execute it again")
     assert main(_run(done.params, out)) == EXIT_OK
-    assert f"1 notebooks executed, {N_TASKS - 1} cached" in capsys.readouterr().out
+    assert f"1 tasks executed, {N_TASKS - 1} cached" in capsys.readouterr().out
     assert main(["build", str(out)]) == EXIT_OK
 
 
@@ -377,7 +377,7 @@ def test_a_second_writer_stops_at_once_and_a_killed_holder_never_blocks(done, tm
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert main(_run(done.params, out)) == EXIT_OK  # the kernel released the dead one's lock
-    assert f"0 notebooks executed, {N_TASKS} cached" in capsys.readouterr().out
+    assert f"0 tasks executed, {N_TASKS} cached" in capsys.readouterr().out
 
 
 def _descendants(pid: int) -> list[int]:
@@ -457,6 +457,6 @@ def test_sigint_exits_130_and_the_run_resumes(done, tmp_path, capsys):
     _, err = proc.communicate(timeout=120)
     assert (proc.returncode, err) == (130, "meireport: interrupted\n")
     assert main(_run(done.params, out)) == EXIT_OK  # the lock went with it
-    assert f"1 notebooks executed, {N_TASKS - 1} cached" in capsys.readouterr().out
+    assert f"1 tasks executed, {N_TASKS - 1} cached" in capsys.readouterr().out
     pd.testing.assert_frame_equal(_summary(out), _summary(done.out), check_exact=False,
                                   rtol=1e-9)

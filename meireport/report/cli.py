@@ -113,7 +113,7 @@ def _neuron_list(text: str | None) -> list[int] | None:
 
 def _print_run(res, seconds: float) -> None:
     n_cached = sum(r.status == "cached" for r in res.results)
-    print(f"run {res.run_dir}: {len(res.executed)} notebooks executed, {n_cached} cached, "
+    print(f"run {res.run_dir}: {len(res.executed)} tasks executed, {n_cached} cached, "
           f"{len(res.failed)} failed or skipped, {seconds:.1f} s")
     for r in res.failed:
         print(f"  {r.task_id}: {r.status}: {r.error}")
