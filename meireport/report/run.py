@@ -291,10 +291,6 @@ def chain(tasks: list[Task]) -> TaskChain:
 # -------------------------------------------------------------------------------------------
 # planning
 # -------------------------------------------------------------------------------------------
-def _stage(name: str) -> Stage:
-    return next(s for s in STAGES if s.name == name)
-
-
 def _section_params(params: Params, stage: Stage) -> dict:
     d = params.to_json_dict()
     return {k: d[k] for k in stage.sections} | {"name": params.name, "title": params.title}
