@@ -224,12 +224,14 @@ def test_describe_reports_every_metric():
         "radius",
         "luminance",
         "contrast",
+        "clip_fraction",
         "si1",
         "si2",
         "orientation_deg",
         "peak_sf_cpp",
         "peak_sf_cpd",
     }
+    assert d["clip_fraction"] == 0.0
     assert circ_diff(d["orientation_deg"], 120) < 2
     assert d["peak_sf_cpd"] == pytest.approx(0.1, rel=0.1)
     col, row = GEOM.deg_to_px(15, 10)
@@ -251,3 +253,25 @@ def test_describe_reports_every_metric():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises(MeireportError, match=match):
         call()
+
+
+def test_rf_mask_is_the_units_rf_for_every_stimulus():
+    """The mask comes from the model (its sensitivity), the same for the MEI and its rivals."""
+    from meireport.mei import EnergyModel, LinearModel, clip_fraction, rf_mask
+
+    imgs = np.random.default_rng(0).random((6, 60, 96))
+    col, row = GEOM.deg_to_px(-20, 8)
+    even = render_gabor(GEOM, -20, 8, 30, 0.1, 25, contrast=1.0) - 0.5
+    odd = render_gabor(GEOM, -20, 8, 30, 0.1, 25, phase=np.pi / 2, contrast=1.0) - 0.5
+    for model in (LinearModel(even), EnergyModel(even, odd)):
+        m = rf_mask(model, imgs)
+        assert m.centre == pytest.approx((row, col), abs=1.0)
+        assert 3 < m.radius < 20
+        assert rf_mask(model, imgs, radius=12).radius == 12
+    # measured through that mask, a stimulus elsewhere has no contrast there
+    m = rf_mask(LinearModel(even), imgs)
+    far = render_gabor(GEOM, 30, -10, 30, 0.1, 25)
+    assert describe(far, GEOM, mask=m)["contrast"] < 0.01
+    assert describe(0.5 + even / 2, GEOM, mask=m)["contrast"] > 0.1
+    assert clip_fraction(np.clip(3 * imgs[0] - 1, 0, 1)) == pytest.approx(
+        np.mean((3 * imgs[0] - 1 <= 0) | (3 * imgs[0] - 1 >= 1)))

@@ -16,6 +16,7 @@ from torch import nn
 
 from meireport.errors import MeireportError
 from meireport.mei import (
+    DEFAULT_CONTRAST,
     EnergyModel,
     EnsembleModel,
     LinearModel,
@@ -41,6 +42,7 @@ from meireport.mei import (
     pixel_correlation,
     precondition,
     predict,
+    project,
     rescale_unit,
     start_images,
     stimulus_mask,
@@ -171,7 +173,40 @@ def test_mei_of_linear_gabor_unit_is_its_filter(train_images):
     assert res.mei.shape == (60, 96) and res.mei.min() >= 0 and res.mei.max() <= 1
     v = _agreement_values(LinearModel(w), res)
     assert complex_like(v) is False and mei_agreement(v) >= 0.8  # the phase agrees too
-    assert res.c_star == pytest.approx(target_contrast(train_images))
+    assert res.c_star == DEFAULT_CONTRAST and res.mean == pytest.approx(train_images.mean())
+    seed = generate_mei(LinearModel(w), train_images, replace(FAST, target_std=None))
+    assert seed.c_star == pytest.approx(target_contrast(train_images))  # the seed's c*
+
+
+def test_projection_keeps_mean_contrast_and_range_exactly():
+    rng = np.random.default_rng(3)
+    x = torch.as_tensor(rng.normal(0.5, 0.6, size=(5, 1, 60, 96)))  # far outside [0, 1]
+    for mean, std in [(0.45, 0.06), (0.3, 0.2), (0.6, 0.169)]:
+        y = project(x, mean, std).numpy()[:, 0]
+        assert np.allclose(y.mean(axis=(1, 2)), mean, atol=1e-8)
+        assert np.allclose(y.std(axis=(1, 2)), std, atol=1e-8)
+        assert y.min() >= 0.0 and y.max() <= 1.0
+        assert np.allclose(project(torch.as_tensor(y[:, None]), mean, std).numpy()[:, 0], y,
+                           atol=1e-7)  # a projection: images in the set stay where they are
+
+
+def test_constrained_mei_of_a_linear_unit_is_its_filter_at_the_set_contrast(train_images):
+    """The optimum of <w, x> at fixed mean and std, no pixel clipped, is mean + std * w / std(w)."""
+    w = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
+    c = 0.025  # this filter peaks at ~18 std: at c = 0.025 its optimum stays inside (0, 1)
+    res = generate_mei(LinearModel(w), train_images, replace(FAST, target_std=c))
+    mean = float(train_images.mean())
+    optimum = mean + c * w / w.std()
+    assert optimum.min() > 0 and optimum.max() < 1  # the set's optimum clips nothing
+    assert pixel_correlation(res.mei, optimum) >= 0.99
+    assert res.mei.mean() == pytest.approx(mean, abs=1e-6)
+    assert res.mei.std() == pytest.approx(c, abs=1e-6)
+    assert np.abs(res.mei - optimum).max() < 0.05 * np.abs(optimum - mean).max()  # 120 steps
+    assert res.summary()["clip_fraction"] == 0.0
+    # the seed's loop does not hold the contrast it is given: its std drifts away from c*
+    seed = generate_mei(LinearModel(w), train_images, replace(FAST, method="seed",
+                                                               target_std=None))
+    assert abs(seed.mei.std() - seed.c_star) > 0.05
 
 
 def test_mei_of_energy_unit_is_a_phase_of_its_pair(train_images):
@@ -310,15 +345,17 @@ def test_a_start_stops_on_its_own(train_images):
     even = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0)
     odd = unit_rf(0.0, 0.0, 60.0, 0.1, 30.0, phase=np.pi / 2)
     model = EnergyModel(even, odd)
-    res = generate_mei(model, train_images, MEIConfig())
-    full = generate_mei(model, train_images, MEIConfig(stop=False))
+    # the seed loop: its contrast creeps, so some of an energy unit's starts run on
+    res = generate_mei(model, train_images, MEIConfig(method="seed"))
+    full = generate_mei(model, train_images, MEIConfig(method="seed", stop=False))
     assert min(res.steps_run) < 200 and max(res.steps_run) == 1000, res.steps_run
     for st, ref in zip(res.starts, full.starts, strict=True):
         assert np.array_equal(st.response, ref.response[: st.steps_run + 1])
         if not st.converged:  # ran on without the stopped ones: as in the full batch
             assert np.array_equal(st.image, ref.image)
     first = int(np.argmin(res.steps_run))  # without the starts after it: the same, up to
-    alone = generate_mei(model, train_images, MEIConfig(starts=MEIConfig().starts[: first + 1]))
+    alone = generate_mei(model, train_images, MEIConfig(method="seed",
+                                                        starts=MEIConfig().starts[: first + 1]))
     assert abs(alone.steps_run[first] - res.steps_run[first]) <= 2  # float32 batch rounding
     assert np.allclose(alone.starts[first].image, res.starts[first].image, atol=1e-4)
 
@@ -422,7 +459,7 @@ def test_inception_loop_on_true_neurons(rich_session):
     from meireport.mei import session_gabor
 
     truth, images, gabors, units = rich_session
-    mean, c_star = footing(images)
+    mean, c_star = footing(images)[0], DEFAULT_CONTRAST  # the set every stimulus is put in
     images = equalize(images, mean, c_star)  # equal footing is idempotent: do it once
     corr, beats_image, beats_masked, beats_gabor = {}, [], [], []
     for u in units:

@@ -2,7 +2,8 @@
 
 ``targets`` wraps what an MEI is synthesised for, ``ops`` holds the steps synthesis composes,
 ``synthesis`` the gradient ascent, ``gabor`` the Gabor rivals, ``compare`` the metrics and equal
-footing, ``truth`` the ground-truth checks on simulated sessions.
+footing, ``rf`` the unit's RF mask the metrics are measured in, ``diverse`` the diverse exciting
+inputs (DEIs), ``truth`` the ground-truth checks on simulated sessions.
 """
 
 from meireport.mei.compare import (
@@ -10,6 +11,7 @@ from meireport.mei.compare import (
     angular_power,
     apply_mask,
     circular_mask,
+    clip_fraction,
     contrast,
     describe,
     energy_centre,
@@ -28,6 +30,7 @@ from meireport.mei.compare import (
     symmetry_index,
     symmetry_indices,
 )
+from meireport.mei.diverse import DEIConfig, DEIResult, diverse_meis, phase_span
 from meireport.mei.gabor import (
     PARAMS,
     GaborSearchConfig,
@@ -51,7 +54,10 @@ from meireport.mei.phase import (
     phase_modulation,
     phase_series,
 )
+from meireport.mei.rf import rf_map, rf_mask
 from meireport.mei.synthesis import (
+    DEFAULT_CONTRAST,
+    METHODS,
     MEIConfig,
     MEIResult,
     StartResult,
@@ -63,6 +69,7 @@ from meireport.mei.synthesis import (
     generate_mei,
     model_device,
     phase_agreement,
+    project,
     start_images,
 )
 from meireport.mei.targets import (
@@ -111,6 +118,16 @@ __all__ = [
     "energy_radius",
     "ensemble_meis",
     "equalize",
+    "clip_fraction",
+    "project",
+    "rf_map",
+    "DEIConfig",
+    "DEIResult",
+    "diverse_meis",
+    "phase_span",
+    "rf_mask",
+    "METHODS",
+    "DEFAULT_CONTRAST",
     "footing",
     "fourier_filter",
     "gabor_conditions",

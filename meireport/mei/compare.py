@@ -34,6 +34,7 @@ __all__ = [
     "quadrature",
     "footing",
     "equalize",
+    "clip_fraction",
     "describe",
 ]
 
@@ -665,15 +666,30 @@ class _ClippedMoments:
         return np.where(reachable, np.exp(x), 1e6)
 
 
+def clip_fraction(image, tol: float = 1e-9) -> float:
+    """Fraction of pixels at the screen's limits (0 or 1, within ``tol``): saturated pixels.
+
+    Examples
+    --------
+    >>> clip_fraction(np.array([[0.0, 0.5], [1.0, 0.7]]))
+    0.5
+    """
+    a = as_image(image)
+    return float(np.mean((a <= tol) | (a >= 1.0 - tol)))
+
+
 # --------------------------------------------------------------------------------------------
 # one call for the report
 # --------------------------------------------------------------------------------------------
-def describe(image, geometry=None, radius: float | None = None, fraction: float = 0.9) -> dict:
+def describe(image, geometry=None, radius: float | None = None, fraction: float = 0.9,
+             mask: Mask | None = None) -> dict:
     """Every comparison metric of one stimulus, as a flat dict.
 
     Keys: ``centre_row``, ``centre_col``, ``radius`` (the mask, pixels), ``luminance``,
-    ``contrast`` (inside the mask), ``si1``, ``si2``, ``orientation_deg``, ``peak_sf_cpp``,
-    ``peak_sf_cpd`` (NaN without ``geometry``).
+    ``contrast`` (inside the mask), ``clip_fraction`` (of the whole image), ``si1``, ``si2``,
+    ``orientation_deg``, ``peak_sf_cpp``, ``peak_sf_cpd`` (NaN without ``geometry``). The mask
+    is ``mask`` when given (e.g. the unit's RF mask, :func:`meireport.mei.rf.rf_mask`, the same
+    for every stimulus compared), else one around the stimulus' own energy.
 
     Examples
     --------
@@ -683,7 +699,7 @@ def describe(image, geometry=None, radius: float | None = None, fraction: float 
     (90, 0.1, 0.5)
     """
     a = as_image(image)
-    m = stimulus_mask(a, radius, fraction)
+    m = stimulus_mask(a, radius, fraction) if mask is None else mask
     si1, si2 = symmetry_indices(a)
     pk = peak_frequency(a, geometry)
     return {
@@ -692,6 +708,7 @@ def describe(image, geometry=None, radius: float | None = None, fraction: float 
         "radius": m.radius,
         "luminance": luminance(a, m),
         "contrast": contrast(a, m),
+        "clip_fraction": clip_fraction(a),
         "si1": si1,
         "si2": si2,
         "orientation_deg": preferred_orientation(a),

@@ -1,15 +1,24 @@
 """Most Exciting Inputs: gradient ascent on a model's input, preconditioned in the Fourier domain.
 
-The loop follows the seed study (Walker et al. 2019 style): at each step the gradient of
+Two loops (``MEIConfig.method``). The default, ``"constrained"``, optimises the image inside the
+set it is compared in (Walker et al. 2019; the ``mei`` library's norm and clip
+post-processing): fixed mean luminance, fixed RMS contrast (pixel standard deviation, i.e. a
+fixed L2 norm of ``x - mean``) and pixels in [0, 1]. Every step the gradient of the predicted
+response is filtered in the Fourier domain, the image takes a step along it, is blurred, and is
+projected back into the set by :func:`meireport.mei.compare.equalize` (the same projection
+every compared stimulus goes through), so the saved MEI is the stimulus the metrics describe
+and the true neuron is shown. ``"seed"`` is the seed study's loop: at each step the gradient of
 
     loss(x) = r(x) - lambda * |c* - std(x)|
 
 with respect to the image ``x`` is filtered in the Fourier domain by ``1 / |f|^a`` (favouring
 smooth, low-frequency changes), the image takes a step along it, is blurred by a Gaussian whose
 sigma decays over the steps, and is rescaled to [0, 1]. ``c*`` is the mean standard deviation of
-the training images. Every constant is a field of :class:`MEIConfig`. Several starts (seeded
-white noise, black, mean grey) are run; the best is kept and the agreement between starts (and
-between ensemble members, :func:`ensemble_meis`) is the MEI's reliability figure.
+the training images; the penalty barely holds it (the min-max rescale decides the range) and the
+seed then rescaled every stimulus after the fact. Every constant is a field of
+:class:`MEIConfig`. Several starts (seeded white noise, black, mean grey) are run; the best is
+kept and the agreement between starts (and between ensemble members, :func:`ensemble_meis`) is
+the MEI's reliability figure.
 
 A start stops once it has converged (``MEIConfig.stop``, on by default; :func:`converged`):
 after the blur decay, when its response, taken every other step, has stayed within a relative
@@ -35,7 +44,7 @@ import torch
 
 from meireport.errors import MeireportError
 from meireport.mei._checks import check
-from meireport.mei.compare import phase_invariant_correlation
+from meireport.mei.compare import clip_fraction, equalize, phase_invariant_correlation
 from meireport.mei.ops import (
     fourier_filter,
     gaussian_blur,
@@ -58,9 +67,18 @@ __all__ = [
     "generate_mei",
     "ensemble_meis",
     "converged",
+    "project",
+    "METHODS",
+    "DEFAULT_CONTRAST",
     "model_device",
 ]
 _RESCALE = ("minmax", "clip")
+METHODS = ("constrained", "seed")
+# The MEI's default RMS contrast (pixel std of the whole 60 x 96 image). The simulated units'
+# true optima, synthesised in the constrained set on the true neuron, clip 0.2-0.9 % of their
+# pixels at 0.06, 2.4-3.3 % at 0.10 and 6.7-10 % at the training images' c* (0.167): at c* a
+# localised optimum is forced into saturation (a binary blotch), at 0.06 it is not.
+DEFAULT_CONTRAST = 0.06
 _START_KINDS = ("noise", "black", "grey")
 
 
@@ -91,6 +109,11 @@ class MEIConfig:
 
     Parameters
     ----------
+    method : {"constrained", "seed"}
+        ``"constrained"``: every step is projected onto the comparison set (mean
+        ``target_mean``, standard deviation ``target_std``, pixels in [0, 1]) by
+        :func:`meireport.mei.compare.equalize`; ``contrast_weight`` and ``rescale`` are unused.
+        ``"seed"``: the seed's loop (contrast penalty, then ``rescale`` to [0, 1]).
     steps : int
         Gradient-ascent steps per start (seed: 1000).
     step_size : float
@@ -112,8 +135,12 @@ class MEIConfig:
         ``lambda`` of the contrast penalty ``lambda * |c* - std(x)|`` (seed: 2), in response
         units per unit of standard deviation.
     target_std : float, optional
-        ``c*``; default: the mean standard deviation of the training images given to
-        :func:`generate_mei`.
+        The MEI's RMS contrast (``c*``: the penalty's target in the seed loop, the set's
+        standard deviation in the constrained one); default :data:`DEFAULT_CONTRAST` (0.06,
+        at which a localised optimum is not forced into saturation); ``None``: the training
+        images' mean standard deviation (the seed's ``c*``).
+    target_mean : float, optional
+        Mean luminance of the constrained set; default: the training images' mean.
     rescale : {"minmax", "clip"}
         How each step is brought back to [0, 1]: stretch min..max to 0..1 (seed) or clip.
     starts : tuple of str
@@ -137,8 +164,8 @@ class MEIConfig:
         (:attr:`StartResult.steps_run`); it stays in the batch, frozen, until every start has
         stopped, so that no start's numbers depend on when another stopped. On trained CNNs
         the default stops after 120-190 of 1000 steps with the same MEI (pixel correlation
-        > 0.9999); a phase-invariant (energy) unit's response keeps creeping (~1e-5 per 20
-        steps) and its starts may run on.
+        > 0.9999); in the seed loop a phase-invariant (energy) unit's response keeps
+        creeping with its contrast (~1e-5 per 20 steps) and its starts may run on.
     stop_window : int
         Steps over which the response must have stayed within the band.
     stop_rtol : float
@@ -161,6 +188,7 @@ class MEIConfig:
     meireport.errors.MeireportError: rescale: expected one of ('minmax', 'clip'), got 'median'
     """
 
+    method: str = "constrained"
     steps: int = 1000
     step_size: float = 0.1
     normalize_grad: bool = True
@@ -169,7 +197,8 @@ class MEIConfig:
     blur_end: float = 0.001
     blur_fraction: float = 0.1
     contrast_weight: float = 2.0
-    target_std: float | None = None
+    target_std: float | None = DEFAULT_CONTRAST
+    target_mean: float | None = None
     rescale: str = "minmax"
     starts: tuple[str, ...] = default_starts()
     seed: int = 0
@@ -181,6 +210,9 @@ class MEIConfig:
     min_steps: int = 100
 
     def __post_init__(self) -> None:
+        check(self.method in METHODS, "method", f"one of {METHODS}", repr(self.method))
+        if self.target_mean is not None:
+            check(0 < self.target_mean < 1, "target_mean", "in (0, 1) or None", self.target_mean)
         check(
             int(self.steps) == self.steps and self.steps >= 1,
             "steps",
@@ -271,7 +303,10 @@ class MEIResult:
         the carrier's phase, which a complex cell's MEI is free to take. Whether the MEIs
         *agree* is decided in one place, :func:`meireport.trust.mei_agreement`.
     c_star : float
-        Target contrast used by the penalty.
+        The MEI's RMS contrast: the set's standard deviation (constrained loop) or the
+        penalty's target (seed loop).
+    mean : float
+        The set's mean luminance (constrained loop; the seed loop does not hold it).
     config : MEIConfig
     seconds : float
         Wall time of the synthesis.
@@ -291,6 +326,7 @@ class MEIResult:
     c_star: float
     config: MEIConfig
     seconds: float
+    mean: float = 0.5
     members: list[MEIResult] = field(default_factory=list)
 
     @property
@@ -311,6 +347,8 @@ class MEIResult:
             "phase_reliability": float(self.phase_reliability),
             "c_star": float(self.c_star),
             "mei_std": float(self.mei.std()),
+            "mei_mean": float(self.mei.mean()),
+            "clip_fraction": clip_fraction(self.mei),
             "seconds": float(self.seconds),
             "steps": int(steps[self.best]) if steps else 0,
             "steps_total": int(sum(steps)),
@@ -407,7 +445,36 @@ def converged(response, config: MEIConfig) -> bool:
     return bool(_in_band(r[None, idx], float(config.stop_rtol))[0])
 
 
-def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
+def project(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Project ``B x 1 x H x W`` images onto the comparison set: mean, std, pixels in [0, 1].
+
+    The set and its projection are :func:`meireport.mei.compare.equalize`'s (offset and gain
+    solved so that the *clipped* image has ``mean`` and ``std``), computed in float64 on the
+    CPU and returned on ``x``'s device and dtype.
+
+    Examples
+    --------
+    >>> x = torch.rand(2, 1, 20, 30) * 3 - 1
+    >>> y = project(x, 0.45, 0.12).double()
+    >>> [round(float(v), 6) for v in y.mean(dim=(1, 2, 3))], float(y.min()) >= 0
+    ([0.45, 0.45], True)
+    """
+    a = x.detach()[:, 0].double().cpu().numpy()
+    y = equalize(a, float(mean), float(std))
+    return torch.as_tensor(y[:, None], dtype=x.dtype, device=x.device)
+
+
+def _step(x: torch.Tensor, g: torch.Tensor, sigma: float, config: MEIConfig, mean: float,
+          c_star: float) -> torch.Tensor:
+    """One update: step along ``g``, blur, back into the set (or [0, 1] in the seed loop)."""
+    new = gaussian_blur(x.detach() + config.step_size * g, sigma)
+    if config.method == "constrained":
+        return project(new, mean, c_star)
+    return rescale_unit(new, config.rescale)
+
+
+def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig,
+            mean: float = 0.5):
     """Run the loop on a batch of starts, on the model's device.
 
     Returns the final images, the response/std traces (``n x steps + 1``, NaN after a start's
@@ -419,6 +486,8 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
     dtype = model_dtype(model) if config.dtype == "auto" else getattr(torch, config.dtype)
     n, steps = len(x0), int(config.steps)
     x = torch.as_tensor(x0[:, None], dtype=dtype, device=device)
+    if config.method == "constrained":
+        x = project(x, mean, c_star)
     filt = fourier_filter(tuple(x0.shape[1:]), config.fourier_exponent).to(device, dtype)
     sigmas = blur_sigmas(config)
     resp = np.full((n, steps + 1), np.nan)
@@ -427,7 +496,7 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
     ran = np.full(n, steps)
     stopped = np.zeros(n, dtype=bool)
     rtol = float(config.stop_rtol)
-    lam = float(config.contrast_weight)
+    lam = float(config.contrast_weight) if config.method == "seed" else 0.0
     for t in range(steps):
         x.requires_grad_(True)
         r = responses(model, x)
@@ -453,8 +522,7 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig):
             rms = torch.sqrt((g.flatten(1) ** 2).mean(dim=1)).view(-1, 1, 1, 1)
             g = g / rms.clamp_min(1e-20)
         with torch.no_grad():
-            new = gaussian_blur(x.detach() + config.step_size * g, float(sigmas[t]))
-            new = rescale_unit(new, config.rescale)
+            new = _step(x, g, float(sigmas[t]), config, mean, c_star)
             if stopped.any():  # frozen starts keep their image
                 keep = torch.as_tensor(stopped, device=device).view(-1, 1, 1, 1)
                 new = torch.where(keep, x.detach(), new)
@@ -505,8 +573,10 @@ def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIRe
     imgs = np.asarray(images, dtype=np.float64)
     check(imgs.ndim == 3 and len(imgs) > 0, "images", "a non-empty n x H x W stack", imgs.shape)
     c_star = config.target_std if config.target_std is not None else target_contrast(imgs)
+    mean = config.target_mean if config.target_mean is not None else float(imgs.mean())
     t0 = time.perf_counter()
-    final, resp, stds, ran = _ascend(model, start_images(config, imgs.shape[1:]), c_star, config)
+    final, resp, stds, ran = _ascend(model, start_images(config, imgs.shape[1:]), c_star, config,
+                                     mean)
     starts = [
         StartResult(name, final[i], resp[i, : ran[i] + 1], stds[i, : ran[i] + 1],
                     converged=bool(ran[i] < config.steps))
@@ -526,6 +596,7 @@ def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIRe
         c_star=float(c_star),
         config=config,
         seconds=time.perf_counter() - t0,
+        mean=float(mean),
     )
 
 

@@ -48,7 +48,7 @@ from pydantic import (
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from meireport.errors import MeireportError
-from meireport.mei import GaborSearchConfig, MEIConfig, default_starts
+from meireport.mei import DEIConfig, GaborSearchConfig, MEIConfig, default_starts
 from meireport.models import CNNConfig, CoreConfig, LNConfig, ReadoutConfig, TrainConfig
 from meireport.select import SelectionRule
 from meireport.stimuli import MODEL_SHAPE
@@ -417,6 +417,12 @@ class MEIParams(_LibrarySection):
     """
 
     _section = "mei"
+    method: Literal["constrained", "seed"] = Field(
+        MEIConfig.method, description="constrained: every step projected onto the comparison "
+        "set (mean, contrast, [0, 1]); seed: the seed's contrast penalty + min-max rescale")
+    contrast: float | None = Field(
+        MEIConfig.target_std, gt=0, description="RMS contrast (pixel std) of the MEI and of "
+        "every stimulus compared with it; null: the training images' mean std c* (the seed's)")
     steps: int = MEIConfig.steps
     step_size: float = Field(MEIConfig.step_size,
                              description="step size (RMS pixel change) of the normalised gradient")
@@ -426,7 +432,7 @@ class MEIParams(_LibrarySection):
                               description="Gaussian blur sigma at step 0 (px)")
     blur_end: float = Field(MEIConfig.blur_end, description="blur sigma at the end (px)")
     contrast_weight: float = Field(MEIConfig.contrast_weight,
-                                   description="lambda of |c* - std(x)|")
+                                   description="lambda of |c* - std(x)| (method: seed)")
     n_starts: int = Field(len(MEIConfig.starts), description="white noise, black, grey, noise")
     seed: int = MEIConfig.seed
     stop: bool = Field(MEIConfig.stop, description="stop a start once its response has "
@@ -438,12 +444,24 @@ class MEIParams(_LibrarySection):
     min_steps: int = Field(MEIConfig.min_steps, description="no start stops before this step "
                            "(nor before the blur decay has ended and one window has run)")
 
+    deis: int = Field(4, ge=0, description="diverse exciting inputs per neuron (0: none)")
+    dei_fraction: float = Field(0.85, gt=0, lt=1, description="each DEI drives the model to at "
+                                "least this fraction of the MEI's predicted response")
+
     def config(self) -> MEIConfig:
         """The :class:`meireport.mei.MEIConfig` of these fields."""
-        return MEIConfig(**self.model_dump(exclude={"n_starts"}),
-                         starts=default_starts(self.n_starts))
+        return MEIConfig(**self.model_dump(exclude={"n_starts", "contrast", "deis",
+                                                    "dei_fraction"}),
+                         target_std=self.contrast, starts=default_starts(self.n_starts))
+
+    def dei_config(self) -> DEIConfig | None:
+        """The :class:`meireport.mei.DEIConfig` of ``deis`` and ``dei_fraction`` (None: off)."""
+        if self.deis == 0:
+            return None
+        return DEIConfig(n_images=self.deis, fraction=self.dei_fraction, seed=self.seed)
 
     def _check(self) -> MEIConfig:
+        self.dei_config()
         return self.config()
 
 

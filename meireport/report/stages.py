@@ -326,6 +326,7 @@ class MEIStage:
     mean: float
     c_star: float
     trust: object = None  # meireport.trust.Trust
+    deis: dict | None = None  # images, responses, fractions (deis.npz); None: not synthesised
 
 
 _TRUST_FROM_SELECTION = ("selection_stability", "rf_p_value")
@@ -394,6 +395,8 @@ class UnitMEI:
 
     def values(self) -> dict:
         """What ``mei.json`` records of the synthesis and of the model's verdicts."""
+        from meireport.mei import clip_fraction
+
         res = self.result
         return {"mei_pred": float(self.pred[0]), "best_image_pred": float(self.pred[1 + self.best]),
                 "mei_reliability": float(res.reliability),
@@ -401,6 +404,10 @@ class UnitMEI:
                 # JSON has no inf: an unmodulated-mean (silent on average) model is simple-like
                 "mei_f1_f0": float(self.f1_f0) if np.isfinite(self.f1_f0) else None,
                 "c_star": float(self.c_star), "mean_luminance": float(self.mean),
+                "mei_method": str(res.config.method),
+                # saturated pixels (0 or 1) of the stimuli as the model and the neuron see them
+                "mei_clip_fraction": clip_fraction(self.stimuli[0]),
+                "best_image_clip_fraction": clip_fraction(self.stimuli[1 + self.best]),
                 "mei_seconds": float(res.seconds),
                 # steps the kept start ran (the stopping rule's verdict), and all starts
                 "mei_steps": int(res.summary()["steps"]),
@@ -408,12 +415,14 @@ class UnitMEI:
 
 
 def unit_mei(model, train_images, images, config) -> UnitMEI:
-    """Synthesise a unit's MEI and set it beside the natural images, all at equal footing.
+    """Synthesise a unit's MEI and set it beside the natural images, all in the same set.
 
-    The MEI is synthesised at the training images' mean contrast ``c*``; it and every natural
-    image are then rescaled to the training images' mean luminance and ``c*``
-    (:func:`meireport.mei.equalize`) before the model sees them. The report's MEI stage and the
-    data-limit study both call this (one definition of "the MEI and its best rival image").
+    The set is the MEI's: the training images' mean luminance and the configured RMS contrast
+    (``config.target_std``; :data:`meireport.mei.DEFAULT_CONTRAST`, or the training images'
+    ``c*``). The constrained loop synthesises the MEI inside it; every natural image (and, in
+    the seed loop, the MEI) is put there by :func:`meireport.mei.equalize`, the loop's own
+    projection, before the model sees it. The report's MEI stage and the data-limit study both
+    call this (one definition of "the MEI and its best rival image").
 
     Examples
     --------
@@ -425,14 +434,16 @@ def unit_mei(model, train_images, images, config) -> UnitMEI:
     >>> u.stimuli.shape, bool(u.pred[0] > u.pred[1 + u.best])
     ((7, 12, 16), True)
     """
-    from meireport.mei import equalize, footing, generate_mei, phase_modulation, predict
+    from meireport.mei import equalize, generate_mei, phase_modulation, predict
 
     train_images = np.asarray(train_images, dtype=np.float64)
     images = np.asarray(images, dtype=np.float64)
-    mean, c_star = footing(train_images)
     res = generate_mei(model, train_images, config)
+    mean, c_star = res.mean, res.c_star
     mei_img = np.clip(res.mei, 0.0, 1.0)
     stimuli = equalize(np.concatenate([mei_img[None], images]), mean, c_star)
+    if config.method == "constrained":  # the MEI is the image the loop ended with, in the set
+        mei_img = stimuli[0]
     f1_f0 = phase_modulation(model, mei_img, mean, c_star)
     return UnitMEI(res, mei_img, float(mean), float(c_star), stimuli, predict(model, stimuli),
                    f1_f0)
@@ -457,6 +468,37 @@ def mei_truth_values(truth, unit_id: int, u: UnitMEI, images) -> dict:
     }
 
 
+def unit_deis(model, u: UnitMEI, config) -> dict:
+    """The unit's diverse exciting inputs (:func:`meireport.mei.diverse_meis`) in the MEI's set.
+
+    Returns the arrays ``deis.npz`` holds (``images``, ``responses``, ``fractions``) and the
+    figures ``mei.json`` records (``dei_*``, from :meth:`meireport.mei.DEIResult.summary`).
+    """
+    from meireport.mei import diverse_meis
+
+    d = diverse_meis(model, u.result, config)
+    arrays = {"images": d.images, "responses": d.responses, "fractions": d.fractions}
+    return {"arrays": arrays, "values": {f"dei_{k}": v for k, v in d.summary().items()}}
+
+
+def dei_truth_values(truth, unit_id: int, images, mei: np.ndarray) -> dict:
+    """The true neuron's verdicts on the DEIs: the share of its MEI rate they keep, their phase.
+
+    ``dei_true_fraction``: the median over DEIs of the true rate over the true rate for the MEI;
+    ``dei_true_phase_span_deg``: for complex cells the carrier phase the DEIs span
+    (:func:`meireport.mei.phase_span` on the true quadrature pair; None for other kinds).
+    """
+    from meireport.mei import phase_span
+    from meireport.sources.simulate import true_rate
+
+    i = int(truth.index_of([unit_id])[0])
+    r = true_rate(truth, np.concatenate([mei[None], images]), [unit_id])[0]
+    span = phase_span(images, truth.rf_even[i], truth.rf_odd[i]) \
+        if str(truth.kind[i]) == "complex" else None  # JSON has no NaN
+    return {"dei_true_fraction": float(np.median(r[1:] / r[0])) if r[0] > 0 else float("nan"),
+            "dei_true_phase_span_deg": span}
+
+
 def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None = None,
               device: str | None = None) -> MEIStage:
     """Synthesise the unit's MEI on its CNN; write ``mei.npy``, ``mei.json`` and ``trust.json``.
@@ -474,17 +516,19 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
     dev = _device(device)
     inputs = [out / "model.pt", *_session_inputs(sdir, info, "images.npz")]
     key = compute_key("mei", inputs, {"unit_id": int(unit_id), "mei": mei, "device": dev.type})
-    outputs = ("mei.npy", "mei_starts.npz")
+    mp = MEIParams.from_dict(mei)
+    outputs = ("mei.npy", "mei_starts.npz") + (("deis.npz",) if mp.deis else ())
     values = cached_values(out, "mei", key, outputs)
     if values is None:
         values = _synthesise(sdir, out, unit_id, mei, dev)
         record_compute(out, "mei", key, outputs, values)
-    result, best_image = load_mei_result(out / "mei_starts.npz", MEIParams.from_dict(mei).config())
+    result, best_image = load_mei_result(out / "mei_starts.npz", mp.config())
     assessment = trust_stage(sdir, out_dir, unit_id, values, trust)
     values = values | {"trust": assessment.label, "trust_reasons": "; ".join(assessment.reasons)}
     save_json(out / "mei.json", values)
+    deis = load_npz(out / "deis.npz") if mp.deis else None
     return MEIStage(result, values, best_image, values["mean_luminance"], values["c_star"],
-                    assessment)
+                    assessment, deis)
 
 
 def _synthesise(sdir: Path, out: Path, unit_id: int, mei: dict, dev) -> dict:
@@ -492,12 +536,19 @@ def _synthesise(sdir: Path, out: Path, unit_id: int, mei: dict, dev) -> dict:
     _, info, _ = _session(sdir)
     trained, model = _unit_model(out, dev)
     train_imgs, all_imgs = _train_images(sdir, trained)
-    u = unit_mei(model, train_imgs, all_imgs, MEIParams.from_dict(mei).config())
+    mp = MEIParams.from_dict(mei)
+    u = unit_mei(model, train_imgs, all_imgs, mp.config())
     values = u.values()
     values["best_image_frame"] = int(load_npz(sdir / "images.npz")["frames"][u.best])
     truth = _truth(info, sdir)
     if truth is not None:
         values |= mei_truth_values(truth, unit_id, u, all_imgs)
+    if mp.deis:
+        d = unit_deis(model, u, mp.dei_config())
+        values |= d["values"]
+        if truth is not None:
+            values |= dei_truth_values(truth, unit_id, d["arrays"]["images"], u.mei)
+        save_npz(out / "deis.npz", **d["arrays"])
     save_npy(out / "mei.npy", u.mei)
     save_mei_result(out / "mei_starts.npz", u.result, u.stimuli[1 + u.best])
     return values
@@ -590,6 +641,15 @@ class GaborStage:
     values: dict
     gabor: np.ndarray | None = None  # the Gabor compared (searched, else the session's), equalised
 
+    @property
+    def mask(self):
+        """The unit's RF mask every stimulus was measured in (:func:`meireport.mei.rf_mask`)."""
+        from meireport.mei import Mask, circular_mask
+
+        v = self.values
+        centre, radius = (v["rf_mask_row"], v["rf_mask_col"]), v["rf_mask_radius"]
+        return Mask(circular_mask(self.mei.shape, centre, radius), centre, radius)
+
 
 def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict,
                 device: str | None = None) -> GaborStage:
@@ -609,7 +669,7 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict,
     m = load_json(out / "mei.json")
     footing = {"mean": m["mean_luminance"], "c_star": m["c_star"]}
     inputs = [out / "model.pt", out / "mei.npy",
-              *_session_inputs(sdir, info, "gabors.npz", "session.json")]
+              *_session_inputs(sdir, info, "gabors.npz", "images.npz", "session.json")]
     key = compute_key("gabor", inputs, {"unit_id": int(unit_id), "gabor": gabor,
                                         "footing": footing, "device": dev.type})
     outputs = ("gabor.npy", "comparison.json")
@@ -632,6 +692,7 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
         gabor_search,
         pixel_correlation,
         predict,
+        rf_mask,
         session_gabor,
     )
 
@@ -647,9 +708,16 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
     best_gabor = search.image if search is not None else sg_image
     eq = equalize(np.stack([mei_img, sg_image, best_gabor]), mean, c_star)
     pred = predict(model, eq)
-    radius = gp.mask_radius
-    dm, dg = describe(eq[0], geometry, radius), describe(eq[2], geometry, radius)
+    # one mask for every stimulus: the unit's RF (its model's sensitivity over the images in the
+    # set), with the fixed radius when gabor.mask_radius is given
+    natural = equalize(load_npz(sdir / "images.npz")["images"].astype(np.float64), mean, c_star)
+    mask = rf_mask(model, natural, radius=gp.mask_radius)
+    dm, ds, dg = (describe(x, geometry, mask=mask) for x in eq)
     values = {
+        "rf_mask_row": mask.centre[0], "rf_mask_col": mask.centre[1],
+        "rf_mask_radius": mask.radius,
+        "mei_clip_fraction": dm["clip_fraction"], "session_gabor_clip_fraction":
+        ds["clip_fraction"], "gabor_clip_fraction": dg["clip_fraction"],
         "best_gabor_pred": float(pred[2]), "session_gabor_pred": float(pred[1]),
         "session_gabor_x_deg": sg.x_deg, "session_gabor_y_deg": sg.y_deg,
         "session_gabor_orientation_deg": sg.orientation_deg,
