@@ -1,8 +1,8 @@
 """How much a model's response depends on the carrier phase of an image: simple- or complex-like.
 
 A simple cell's response follows the phase of a grating or Gabor; a complex cell's does not. The
-classic measure is the modulation ratio F1/F0 of the response over phase (Skottun et al. 1991):
-above 1, simple-like; below 1, complex-like. Here it is measured on a model, at its MEI: the MEI's
+classic measure is the modulation ratio F1/F0 of the response over phase, the spontaneous (blank
+screen) rate subtracted (Skottun et al. 1991): above 1, simple-like; below 1, complex-like. Here it is measured on a model, at its MEI: the MEI's
 carrier is moved through every phase (the MEI and its quadrature twin span them) at equal
 footing, and the model's responses give F1/F0. Where a model is complex-like, MEIs from
 different starts may rightly differ in phase only (:func:`meireport.trust.mei_agreement`).
@@ -69,7 +69,10 @@ def modulation_ratio(responses) -> float:
 def phase_modulation(model, image, mean: float, std: float, n_phases: int = 8) -> float:
     """F1/F0 of a model's responses to ``image`` moved through every carrier phase.
 
-    Each phase is rescaled to the footing ``(mean, std)`` before the model sees it.
+    Each phase is rescaled to the footing ``(mean, std)`` before the model sees it. As in
+    Skottun et al. (1991), the spontaneous rate is subtracted first: here the model's response
+    to a blank (uniform ``mean``) screen, the Allen sessions' blank frame. Without it a
+    half-wave rectified simple cell with a high baseline reads F1/F0 < 1 (complex-like).
 
     Examples
     --------
@@ -86,4 +89,5 @@ def phase_modulation(model, image, mean: float, std: float, n_phases: int = 8) -
     True
     """
     stimuli = equalize(phase_series(image, n_phases), mean, std)
-    return modulation_ratio(predict(model, stimuli))
+    r = predict(model, np.concatenate([np.full((1, *stimuli.shape[1:]), float(mean)), stimuli]))
+    return modulation_ratio(r[1:] - r[0])

@@ -139,9 +139,10 @@ class TrueNeuron(nn.Module):
     """A simulated unit's true rate as a torch model (the in-silico inception loop's oracle).
 
     Implements :func:`meireport.sources.simulate.true_rate` for one unit: ``baseline + gain *
-    drive`` with ``drive = max(0, <rf_even, x - 0.5>)`` (simple and poor units),
-    ``sqrt(<rf_even, x - 0.5>^2 + <rf_odd, x - 0.5>^2)`` (complex) or 0 (untuned). Until trained
-    models are plugged in, it stands in for a perfect model in positive controls.
+    drive`` with ``a = <rf_even, x - 0.5>``, ``b = <rf_odd, x - 0.5>`` and ``drive = max(0, a)``
+    (simple, poor and surround units), ``sqrt(a^2 + b^2)`` (complex), ``sqrt(max(0, a) *
+    max(0, b))`` (corner: an AND of two Gabor subunits) or 0 (untuned). Until trained models are
+    plugged in, it stands in for a perfect model in positive controls.
 
     Parameters
     ----------
@@ -150,10 +151,11 @@ class TrueNeuron(nn.Module):
     unit_id : int
         The unit (an id of ``truth.unit_id``).
     smooth : float
-        Width (drive units) of a softplus used in place of the hard rectifier, so that the
-        gradient never vanishes on a start the unit does not respond to (a trained model's
-        ELU + 1 output has the same property); 0 gives the exact rate. For scale: natural
-        images drive simulated units by |drive| ~0.1 (median) to ~1.2 (99th percentile).
+        Width (drive units) of a softplus used in place of the hard rectifier(s) (both
+        subunits' of a corner cell), so that the gradient never vanishes on a start the unit
+        does not respond to (a trained model's ELU + 1 output has the same property); 0 gives
+        the exact rate. For scale: natural images drive simulated units by |drive| ~0.1
+        (median) to ~1.2 (99th percentile).
 
     Examples
     --------
@@ -165,6 +167,16 @@ class TrueNeuron(nn.Module):
     >>> m = TrueNeuron(truth, unit, smooth=0.0)
     >>> grey = torch.full((1, 1, 60, 96), 0.5)
     >>> bool(np.isclose(float(m(grey)), truth.baseline[0]))
+    True
+
+    A corner cell answers the sum of its subunits, not either subunit alone:
+
+    >>> truth = simulate_session(tempfile.mkdtemp(), n_images=20, n_repeats=1,
+    ...                          population={"VISp": (0, 0, 0, 0, 1, 0)}).truth
+    >>> m = TrueNeuron(truth, int(truth.unit_id[0]), smooth=0.0)
+    >>> w1, w2 = (torch.as_tensor(w[0], dtype=torch.float32) for w in (truth.rf_even, truth.rf_odd))
+    >>> d = m.drive(0.5 + 5 * torch.stack([w1, (w1 + w2) / (w1 + w2).norm()])[:, None])
+    >>> bool(d[1] > d[0])
     True
     """
 
@@ -186,6 +198,15 @@ class TrueNeuron(nn.Module):
         if self.kind == "complex":
             b = (z * self.odd.to(x.dtype)).sum(dim=(-2, -1))
             return torch.sqrt(a**2 + b**2 + 1e-12)
+        if self.kind == "corner":
+            b = (z * self.odd.to(x.dtype)).sum(dim=(-2, -1))
+            p = self._rectify(a) * self._rectify(b)
+            on = p > 0  # exact sqrt with a finite gradient (0 where a subunit is silent)
+            return torch.where(on, torch.sqrt(torch.where(on, p, torch.ones_like(p))), 0.0)
+        return self._rectify(a)
+
+    def _rectify(self, a: torch.Tensor) -> torch.Tensor:
+        """``max(0, a)``, or its softplus of width ``smooth``."""
         if self.smooth > 0:
             return self.smooth * nn.functional.softplus(a / self.smooth)
         return torch.relu(a)

@@ -91,10 +91,16 @@ def best_image_true_resp(
 def mei_rf_corr(truth, unit_id: int, mei) -> float:
     """Correlation of the MEI with the unit's true optimal stimulus at the same contrast.
 
-    Simple (and poor) units: the receptive field ``rf_even`` itself. Complex units: the best
-    phase of the quadrature pair, i.e. the correlation with the projection of the MEI on
-    ``span(rf_even, rf_odd)``. Untuned units have no optimum: NaN. Correlation ignores mean
-    and contrast, so "at the same contrast" holds for any footing without clipping.
+    Simple, poor and surround units: the receptive field ``rf_even`` itself (a Gabor; a
+    difference of Gaussians for surround units). Complex units: the best phase of the
+    quadrature pair, i.e. the correlation with the projection of the MEI on ``span(rf_even,
+    rf_odd)``. Corner units (``sqrt(max(0, a1) * max(0, a2))`` of two subunits ``w1 = rf_even``
+    and ``w2 = rf_odd`` of equal norm): the sum ``w1 + w2``. With ``z = a u + b v``, ``u, v``
+    the unit vectors along ``w1 + w2`` and ``w1 - w2`` and ``rho = <w1, w2>``, the product of
+    the subunits' inputs is ``a^2 (1 + rho) / 2 - b^2 (1 - rho) / 2``, largest at fixed ``|z|``
+    for ``b = 0``: the optimum is exactly ``w1 + w2`` (a corner / plaid, not a Gabor).
+    Untuned units have no optimum: NaN. Correlation ignores mean and contrast, so "at the same
+    contrast" holds for any footing without clipping.
 
     Examples
     --------
@@ -105,12 +111,19 @@ def mei_rf_corr(truth, unit_id: int, mei) -> float:
     >>> i = int(np.flatnonzero(truth.kind == "simple")[0])
     >>> round(mei_rf_corr(truth, int(truth.unit_id[i]), 0.5 + truth.rf_even[i]), 6)
     1.0
+    >>> truth = simulate_session(tempfile.mkdtemp(), n_images=2, n_repeats=1,
+    ...                          population={"VISp": (0, 0, 0, 0, 1, 0)}).truth
+    >>> u, w1, w2 = int(truth.unit_id[0]), truth.rf_even[0], truth.rf_odd[0]
+    >>> round(mei_rf_corr(truth, u, 0.5 + w1 + w2), 6), mei_rf_corr(truth, u, 0.5 + w1) < 0.9
+    (1.0, True)
     """
     x = as_image(mei, "mei")
     i = int(truth.index_of([unit_id])[0])
     kind = str(truth.kind[i])
     if kind == "untuned":
         return float("nan")
+    if kind == "corner":
+        return pixel_correlation(x, truth.rf_even[i] + truth.rf_odd[i])
     if kind != "complex":
         return pixel_correlation(x, truth.rf_even[i])
     z = (x - x.mean()).ravel()

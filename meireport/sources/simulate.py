@@ -1,10 +1,14 @@
 """The embedded default session: a simulated Allen-format Neuropixels session with ground truth.
 
-Units of four kinds live in several areas: ``simple`` cells (rectified linear Gabor receptive
+Units of six kinds live in several areas: ``simple`` cells (rectified linear Gabor receptive
 field), ``complex`` cells (energy model: a quadrature pair of Gabors), ``untuned`` units (rate
-independent of the image) and ``poor`` units (tuned, but failing the quality filter). Their rates
-are computed on the image *as the model sees it* (:func:`meireport.stimuli.prepare_image`, 60 x 96,
-[0, 1]); spikes are Poisson with a per-unit latency. Stimuli follow the Allen session the seed
+independent of the image), ``poor`` units (tuned, but failing the quality filter), and two kinds
+whose optimal stimulus is *not* a Gabor: ``corner`` cells (an AND of two Gabor subunits of
+different orientation, ``sqrt(relu(a1) * relu(a2))``; their optimum is the sum of the subunits, a
+corner / plaid) and ``surround`` cells (rectified linear centre-surround, difference-of-Gaussians
+receptive field). Their rates are computed on the image *as the model sees it*
+(:func:`meireport.stimuli.prepare_image`, 60 x 96, [0, 1]); spikes are Poisson with a per-unit
+latency. Stimuli follow the Allen session the seed
 study used: ``natural_scenes`` (118 images + blank frame -1, 50 repeats, 250 ms, several blocks)
 and ``gabors`` (3 orientations x 9 x 9 positions x 15 repeats, drifting at 4 Hz, 250 ms).
 
@@ -40,6 +44,8 @@ __all__ = [
     "natural_images",
     "DEFAULT_SESSION_ID",
     "TEMPLATE_SHAPE",
+    "KINDS",
+    "NON_GABOR_KINDS",
 ]
 
 DEFAULT_SESSION_ID = 700000001
@@ -71,12 +77,27 @@ _PHOTOS = (
     "microaneurysms.png",
 )
 
-# Default population: area -> (simple, complex, untuned, poor)
-DEFAULT_POPULATION: dict[str, tuple[int, int, int, int]] = {
-    "VISam": (24, 16, 14, 8),
-    "VISp": (14, 10, 8, 6),
+#: Unit kinds, in the order of a population's counts (the last two may be left out: zero).
+KINDS = ("simple", "complex", "untuned", "poor", "corner", "surround")
+#: Kinds whose optimal stimulus is not a Gabor.
+NON_GABOR_KINDS = ("corner", "surround")
+
+# Default population: area -> (simple, complex, untuned, poor, corner, surround)
+DEFAULT_POPULATION: dict[str, tuple[int, ...]] = {
+    "VISam": (24, 16, 14, 8, 6, 6),
+    "VISp": (14, 10, 8, 6, 3, 3),
     "CA1": (0, 0, 10, 2),
 }
+# corner cells: subunit 2 is turned by 60..120 deg (either way) and centred 0.5..1 sigma away
+CORNER_ANGLE_DEG = (60.0, 120.0)
+CORNER_OFFSET_SIGMA = (0.5, 1.0)
+# surround cells: the DoG's centre sigma (deg), surround / centre sigma ratio and surround /
+# centre weight (integrals). A balanced DoG (weight 1) is matched by a Gaussian blob (a Gabor of
+# spatial frequency -> 0) to pixel correlation 0.92 (its Laplacian-of-Gaussian limit) .. 0.97:
+# with a stronger surround no Gabor comes close (best correlation ~0.55 .. 0.9)
+SURROUND_CENTRE_DEG = (2.5, 5.0)
+SURROUND_RATIO = (2.0, 2.5)
+SURROUND_WEIGHT = (1.5, 2.0)
 _PROBE_OF_AREA = {"VISam": "probeA", "VISp": "probeB", "CA1": "probeB"}
 _CHANNELS_PER_PROBE = 48
 
@@ -102,21 +123,45 @@ class GroundTruth:
     ----------
     unit_id : ndarray of int64
     kind : ndarray of str
-        ``simple``, ``complex``, ``untuned`` or ``poor`` (poor units are tuned simple cells that
-        fail the quality filter).
+        One of :data:`KINDS`; with ``z = x - 0.5`` (``x`` the image in model space),
+        ``a = <rf_even, z>`` and ``b = <rf_odd, z>``, the drive is
+
+        - ``simple`` and ``poor`` (tuned simple cells that fail the quality filter):
+          ``max(0, a)``;
+        - ``complex``: ``sqrt(a^2 + b^2)`` (energy model of a Gabor quadrature pair);
+        - ``untuned``: 0;
+        - ``corner``: ``sqrt(max(0, a) * max(0, b))``, an AND of two Gabor subunits of equal
+          spatial frequency and envelope, orientations 60..120 deg apart, centres 0.5..1 sigma
+          apart; at fixed contrast its optimum is ``rf_even + rf_odd`` (a corner / plaid);
+        - ``surround``: ``max(0, a)`` with a centre-surround ``rf_even`` (isotropic difference
+          of Gaussians, surround 2..2.5 x wider than the centre and 1.5..2 x its weight, then
+          zero mean), which is its optimum; no Gabor correlates with it better than ~0.9.
     area : ndarray of str
         Intended structure of the unit.
     rf_even, rf_odd : ndarray, units x rows x cols
-        Receptive fields in model pixel space (unit L2 norm; ``rf_odd`` is zero but for complex
-        cells, both zero for untuned units).
+        Receptive fields in model pixel space (zero mean, unit L2 norm): ``rf_odd`` is zero but
+        for complex cells (quadrature Gabor) and corner cells (subunit 2; ``rf_even`` is subunit
+        1); both are zero for untuned units.
     gain, baseline : ndarray
         ``rate = baseline + gain * drive`` in spikes/s.
     latency : ndarray
         Response latency in seconds.
     rf_params : dict of ndarray
         Gabor parameters of each RF: ``x_deg``, ``y_deg``, ``orientation_deg``, ``sf_cpd``,
-        ``sigma_deg``, ``phase``.
+        ``sigma_deg``, ``phase``. Corner cells: those of subunit 1. Surround cells: the DoG's
+        centre (``x_deg``, ``y_deg``), centre sigma (``sigma_deg``) and the peak spatial
+        frequency of its band-pass, centre-positive lobe (``sf_cpd``; the strong surround also
+        gives it an inverted response at the lowest frequencies); ``orientation_deg`` and
+        ``phase`` are NaN (isotropic).
     geometry : ScreenGeometry
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> truth = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1,
+    ...                          population={"VISp": (1, 0, 0, 0, 1, 1)}).truth
+    >>> sorted(truth.kind.tolist())
+    ['corner', 'simple', 'surround']
     """
 
     unit_id: np.ndarray
@@ -157,19 +202,28 @@ class GroundTruth:
         kinds, counts = np.unique(self.kind, return_counts=True)
         desc = {
             "description": "Ground truth of a meireport simulated session. rate(image) = "
-            "baseline + gain * drive; simple/poor: drive = max(0, <rf_even, x - 0.5>); complex: "
-            "drive = sqrt(<rf_even, x - 0.5>^2 + <rf_odd, x - 0.5>^2); untuned: drive = 0. x is "
-            "the image in model space (rows x cols, [0, 1]). Use meireport.sources.true_rate.",
+            "baseline + gain * drive, with a = <rf_even, x - 0.5>, b = <rf_odd, x - 0.5>; "
+            "simple/poor/surround: drive = max(0, a); complex: drive = sqrt(a^2 + b^2); corner: "
+            "drive = sqrt(max(0, a) * max(0, b)) (optimum at fixed contrast: rf_even + rf_odd); "
+            "untuned: drive = 0. x is the image in model space (rows x cols, [0, 1]). Use "
+            "meireport.sources.true_rate.",
             "fields": {
                 "unit_id": "unit ids as in the NWB units table",
-                "kind": "simple | complex | untuned | poor (tuned simple cell failing QC)",
+                "kind": "simple | complex | untuned | poor (tuned simple cell failing QC) | "
+                "corner (AND of two Gabor subunits, orientations 60-120 deg apart) | surround "
+                "(rectified centre-surround, difference-of-Gaussians RF)",
                 "area": "structure acronym the unit was placed in",
-                "rf_even/rf_odd": "units x rows x cols receptive fields (unit L2 norm)",
+                "rf_even/rf_odd": "units x rows x cols receptive fields (zero mean, unit L2 "
+                "norm); rf_odd: complex cells' quadrature Gabor, corner cells' subunit 2 "
+                "(rf_even: subunit 1), else zero; surround cells' rf_even is the DoG",
                 "gain": "spikes/s per unit drive",
                 "baseline": "spikes/s",
                 "latency": "s from stimulus onset",
                 "rf_x_deg/rf_y_deg": "RF centre in visual degrees (+y up)",
-                "rf_orientation_deg/rf_sf_cpd/rf_sigma_deg/rf_phase": "RF Gabor parameters",
+                "rf_orientation_deg/rf_sf_cpd/rf_sigma_deg/rf_phase": "RF Gabor parameters "
+                "(corner: subunit 1's; surround: centre sigma and the peak SF of the DoG's "
+                "band-pass lobe, "
+                "orientation and phase NaN)",
                 "deg_per_px/image_shape": "degree -> model pixel mapping",
             },
             "kinds": {str(k): int(c) for k, c in zip(kinds, counts, strict=True)},
@@ -187,7 +241,7 @@ def load_ground_truth(path) -> GroundTruth:
     >>> out = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1)
     >>> truth = load_ground_truth(out.truth_path)
     >>> sorted(set(truth.kind.tolist()))
-    ['complex', 'poor', 'simple', 'untuned']
+    ['complex', 'corner', 'poor', 'simple', 'surround', 'untuned']
     """
     p = Path(path)
     p = p / "ground_truth.npz" if p.is_dir() else p
@@ -215,11 +269,14 @@ def load_ground_truth(path) -> GroundTruth:
 
 
 def _drive(truth: GroundTruth, images: np.ndarray) -> np.ndarray:
+    """``images x units`` drive (see :class:`GroundTruth`'s ``kind`` for the formulas)."""
     x = images.reshape(images.shape[0], -1) - 0.5
     even = x @ truth.rf_even.reshape(len(truth.unit_id), -1).T
     odd = x @ truth.rf_odd.reshape(len(truth.unit_id), -1).T
     kind = truth.kind[None, :]
     drive = np.where(kind == "complex", np.sqrt(even**2 + odd**2), np.maximum(even, 0.0))
+    corner = np.sqrt(np.maximum(even, 0.0) * np.maximum(odd, 0.0))
+    drive = np.where(kind == "corner", corner, drive)
     return np.where(kind == "untuned", 0.0, drive)
 
 
@@ -337,14 +394,66 @@ def _gabor_rf(geom: ScreenGeometry, x, y, ori, sf, sigma, phase) -> np.ndarray:
     return rf / np.linalg.norm(rf)
 
 
+def _dog_rf(geom: ScreenGeometry, x, y, sigma, ratio, weight) -> np.ndarray:
+    """Isotropic difference of Gaussians: centre ``sigma`` deg, surround ``ratio`` x wider.
+
+    ``weight`` is the surround's integral over the centre's (1: balanced). Zero mean and unit
+    L2 norm, as :func:`_gabor_rf`.
+    """
+    rows, cols = geom.shape
+    cx, cy = geom.deg_to_px(x, y)
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    r2 = (xx - cx) ** 2 + (cy - yy) ** 2
+    s_px = sigma / geom.deg_per_px
+    surround = np.exp(-r2 / (2 * (ratio * s_px) ** 2)) * weight / ratio**2
+    rf = np.exp(-r2 / (2 * s_px**2)) - surround
+    rf -= rf.mean()
+    return rf / np.linalg.norm(rf)
+
+
+def _dog_peak_sf(sigma_deg, ratio, weight):
+    """Peak frequency (cycles/deg) of the band-pass lobe of :func:`_dog_rf`'s DoG.
+
+    The DoG's spectrum, ``exp(-2 pi^2 s^2 f^2) - weight * exp(-2 pi^2 (ratio s)^2 f^2)`` up to
+    a factor, has its positive (centre-phase) maximum at ``f = sqrt(ln(weight ratio^2) / (2
+    (ratio^2 - 1))) / (pi s)`` (``weight * ratio^2 > 1``). With ``weight > 1`` it is negative
+    below some frequency, and that inverted lobe can be the larger in magnitude.
+
+    Examples
+    --------
+    >>> round(float(_dog_peak_sf(3.0, 2.5, 1.0)), 4)
+    0.0443
+    """
+    r2 = np.asarray(ratio, dtype=np.float64) ** 2
+    lift = np.log(np.asarray(weight, dtype=np.float64) * r2) / (2 * (r2 - 1))
+    return np.sqrt(lift) / (np.pi * np.asarray(sigma_deg, dtype=np.float64))
+
+
+def _population_counts(counts) -> tuple[int, ...]:
+    """One area's unit counts as a full :data:`KINDS` tuple (4 counts: no corner / surround).
+
+    Examples
+    --------
+    >>> _population_counts((3, 2, 1, 0))
+    (3, 2, 1, 0, 0, 0)
+    """
+    c = tuple(int(v) for v in counts)
+    if len(c) not in (4, len(KINDS)) or min(c) < 0:
+        raise MeireportError(
+            f"population: expected 4 or {len(KINDS)} counts >= 0 ({', '.join(KINDS)}), "
+            f"got {tuple(counts)}"
+        )
+    return c + (0,) * (len(KINDS) - len(c))
+
+
 def _make_truth(
     rng: np.random.Generator, geom: ScreenGeometry, population: dict, session_id: int
 ) -> GroundTruth:
     kinds, areas = [], []
     for area, counts in population.items():
-        for kind, n in zip(("simple", "complex", "untuned", "poor"), counts, strict=True):
-            kinds += [kind] * int(n)
-            areas += [area] * int(n)
+        for kind, n in zip(KINDS, _population_counts(counts), strict=True):
+            kinds += [kind] * n
+            areas += [area] * n
     n = len(kinds)
     if n == 0:
         raise MeireportError("population: expected at least one unit")
@@ -359,10 +468,27 @@ def _make_truth(
         "phase": rng.uniform(0, 2 * np.pi, n),
     }
     p["sigma_deg"] = rng.uniform(0.35, 0.55, n) / p["sf_cpd"]
+    baseline = rng.uniform(1.0, 6.0, n)
+    latency = rng.uniform(0.03, 0.07, n)
+    if np.isin(kind, NON_GABOR_KINDS).any():  # drawn only then: older populations stay the same
+        turn = rng.uniform(*CORNER_ANGLE_DEG, n) * rng.choice([-1.0, 1.0], n)
+        phase2 = rng.uniform(0, 2 * np.pi, n)
+        offset = rng.uniform(*CORNER_OFFSET_SIGMA, n) * p["sigma_deg"]
+        direction = rng.uniform(0, 2 * np.pi, n)
+        centre = rng.uniform(*SURROUND_CENTRE_DEG, n)
+        ratio = rng.uniform(*SURROUND_RATIO, n)
+        weight = rng.uniform(*SURROUND_WEIGHT, n)
     rf_even = np.zeros((n, *geom.shape))
     rf_odd = np.zeros((n, *geom.shape))
     for i in range(n):
         if kind[i] == "untuned":
+            continue
+        if kind[i] == "surround":
+            dog = (centre[i], ratio[i], weight[i])
+            rf_even[i] = _dog_rf(geom, p["x_deg"][i], p["y_deg"][i], *dog)
+            p["sigma_deg"][i] = centre[i]
+            p["sf_cpd"][i] = _dog_peak_sf(*dog)
+            p["orientation_deg"][i] = p["phase"][i] = np.nan
             continue
         args = (
             p["x_deg"][i],
@@ -374,6 +500,16 @@ def _make_truth(
         rf_even[i] = _gabor_rf(geom, *args, p["phase"][i])
         if kind[i] == "complex":
             rf_odd[i] = _gabor_rf(geom, *args, p["phase"][i] + np.pi / 2)
+        elif kind[i] == "corner":
+            rf_odd[i] = _gabor_rf(
+                geom,
+                p["x_deg"][i] + offset[i] * np.cos(direction[i]),
+                p["y_deg"][i] + offset[i] * np.sin(direction[i]),
+                p["orientation_deg"][i] + turn[i],
+                p["sf_cpd"][i],
+                p["sigma_deg"][i],
+                phase2[i],
+            )
     return GroundTruth(
         unit_id=unit_id.astype(np.int64),
         kind=kind,
@@ -381,15 +517,19 @@ def _make_truth(
         rf_even=rf_even,
         rf_odd=rf_odd,
         gain=np.zeros(n),
-        baseline=rng.uniform(1.0, 6.0, n),
-        latency=rng.uniform(0.03, 0.07, n),
+        baseline=baseline,
+        latency=latency,
         rf_params=p,
         geometry=geom,
     )
 
 
 def _calibrate_gain(truth: GroundTruth, images: np.ndarray, rng: np.random.Generator) -> None:
-    """Set gains so that the 99th-percentile natural image drives a unit to its peak rate."""
+    """Set gains so that the 99th-percentile natural image drives a unit to its peak rate.
+
+    Every kind but ``untuned`` is tuned (corner and surround cells too); a tuned unit that no
+    image drives (99th percentile 0, only in very small sessions) gets gain 0.
+    """
     drive = _drive(truth, images)
     q = np.percentile(drive, 99, axis=0)
     peak = rng.uniform(10.0, 60.0, len(truth.unit_id))
@@ -856,11 +996,18 @@ def _settings(
         "n_images": int(n_images),
         "n_repeats": int(n_repeats),
         "n_blocks": int(n_blocks),
-        "population": {k: list(map(int, v)) for k, v in population.items()},
+        # 4 counts when there are no corner / surround cells: older folders still match
+        "population": {k: _stored_counts(v) for k, v in population.items()},
         "deg_per_px": float(deg_per_px),
         "extra_acquisition_mb": float(extra_mb),
         "noise_shape": float(noise_shape),
     }
+
+
+def _stored_counts(counts) -> list[int]:
+    """An area's counts as stored in the settings: 4 when it has no corner or surround cells."""
+    c = _population_counts(counts)
+    return list(c if any(c[4:]) else c[:4])
 
 
 def _check_args(n_images, n_repeats, n_blocks, session_id, deg_per_px):
@@ -909,7 +1056,7 @@ def simulate_session(
     n_images: int = 118,
     n_repeats: int = 50,
     n_blocks: int | None = None,
-    population: dict[str, tuple[int, int, int, int]] | None = None,
+    population: dict[str, tuple[int, ...]] | None = None,
     deg_per_px: float = 1.5,
     extra_acquisition_mb: float = 0.0,
     noise_shape: float = 4.0,
@@ -938,7 +1085,8 @@ def simulate_session(
     n_blocks : int, optional
         Natural-scene blocks the repeats are split over (default ``min(3, n_repeats)``).
     population : dict, optional
-        ``area -> (n_simple, n_complex, n_untuned, n_poor)``; default :data:`DEFAULT_POPULATION`.
+        ``area -> (n_simple, n_complex, n_untuned, n_poor[, n_corner, n_surround])`` (4 counts:
+        no corner or surround cells); default :data:`DEFAULT_POPULATION`.
     deg_per_px : float
         Visual degrees per model pixel (stored in the file and the ground truth).
     extra_acquisition_mb : float
