@@ -2,9 +2,10 @@
 
 A simple cell's response follows the phase of a grating or Gabor; a complex cell's does not. The
 classic measure is the modulation ratio F1/F0 of the response over phase, the spontaneous (blank
-screen) rate subtracted (Skottun et al. 1991): above 1, simple-like; below 1, complex-like. Here it is measured on a model, at its MEI: the MEI's
-carrier is moved through every phase (the MEI and its quadrature twin span them) at equal
-footing, and the model's responses give F1/F0. Where a model is complex-like, MEIs from
+screen) rate subtracted (Skottun et al. 1991): above 1, simple-like; below 1, complex-like.
+Here it is measured on a model, at its MEI: the MEI's carrier is moved through every phase
+(the MEI and its quadrature twin span them) at equal footing, and the model's responses give
+F1/F0. Where a model is complex-like, MEIs from
 different starts may rightly differ in phase only (:func:`meireport.trust.mei_agreement`).
 """
 
