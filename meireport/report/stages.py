@@ -740,6 +740,8 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
                                                               std=c_star)
         values["session_gabor_true_resp"] = best_gabor_true_resp(truth, unit_id, eq[1],
                                                                  mean=mean, std=c_star)
+        # the true RF's spatial frequency (a DoG's band-pass peak), beside the measured ones
+        values["true_sf_cpd"] = float(truth.rf_params["sf_cpd"][truth.index_of([unit_id])[0]])
     save_npy(out / "gabor.npy", eq[2])
     save_json(out / "comparison.json", values)
 

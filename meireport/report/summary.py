@@ -23,6 +23,7 @@ __all__ = [
     "sort_by_trust",
     "summary_table",
     "trust_sentence",
+    "gabor_truth_sentence",
 ]
 
 SUMMARY_COLUMNS = (
@@ -146,3 +147,41 @@ def trust_sentence(df: pd.DataFrame) -> str:
     verb = "neuron has" if n == 1 else "neurons have"
     text = f"{counts['high']} of {n} {verb} an MEI the data support (trust high)"
     return text + ("; " + ", ".join(rest) if rest else "") + "."
+
+
+#: The MEI "beats" or "loses to" the searched Gabor on the true neuron beyond this relative
+#: difference of rates; within it the two tie.
+TIE_BAND = 0.05
+
+
+def gabor_truth_sentence(df: pd.DataFrame) -> str:
+    """On a simulated session: per true cell type, whether the MEI beats the best Gabor.
+
+    Compares ``mei_true_resp`` with ``best_gabor_true_resp`` (the true neuron's rates for the
+    MEI and the searched Gabor, in the same set); a relative difference within
+    :data:`TIE_BAND` is a tie. Empty on real sessions.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"true_type": ["corner", "simple", "simple"],
+    ...                    "mei_true_resp": [30.0, 20.0, 15.0],
+    ...                    "best_gabor_true_resp": [20.0, 20.5, 20.0]})
+    >>> gabor_truth_sentence(df).split(": ")[1]
+    'corner 1 of 1, simple 0 of 2 (1 tie, 1 below).'
+    """
+    cols = ("true_type", "mei_true_resp", "best_gabor_true_resp")
+    if not all(c in df.columns for c in cols):
+        return ""
+    d = df.dropna(subset=list(cols))
+    if d.empty:
+        return ""
+    ratio = d["mei_true_resp"] / d["best_gabor_true_resp"] - 1.0
+    parts = []
+    for kind, r in ratio.groupby(d["true_type"], sort=True):
+        beat, tie = int((r > TIE_BAND).sum()), int((r.abs() <= TIE_BAND).sum())
+        below = len(r) - beat - tie
+        rest = [f"{tie} tie" + ("s" if tie > 1 else "")] if tie else []
+        rest += [f"{below} below"] if below else []
+        parts.append(f"{kind} {beat} of {len(r)}" + (f" ({', '.join(rest)})" if rest else ""))
+    return ("The true neuron fires more for the MEI than for the best Gabor (by > "
+            f"{100 * TIE_BAND:.0f} %): " + ", ".join(parts) + ".")
