@@ -219,8 +219,8 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
 
 def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
     """The MEI of one unit on its model and its in-silico inception loop (the MEI stage's code)."""
-    from meireport.mei import UnitModel, best_phase_image, true_response
-    from meireport.report.stages import mei_truth_values, unit_mei
+    from meireport.mei import DEIConfig, UnitModel, best_phase_image, true_response
+    from meireport.report.stages import dei_truth_values, mei_truth_values, unit_deis, unit_mei
 
     i = int(np.flatnonzero(fit.unit_ids == unit_id)[0])
     model = UnitModel(fit.model, i).eval()
@@ -229,6 +229,8 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
     mei = MEIParams(steps=cfg.mei_steps, n_starts=cfg.mei_starts, seed=cfg.seed).config()
     u = unit_mei(model, imgs[train_rows], imgs, mei)
     out = u.values() | mei_truth_values(truth, unit_id, u, imgs)
+    d = unit_deis(model, u, DEIConfig(seed=cfg.seed))  # the MEI stage's default DEIs
+    out |= d["values"] | dei_truth_values(truth, unit_id, d["arrays"]["images"], u.mei)
     if sg is not None:  # at the carrier phase the model prefers (Allen's gabors drift)
         img = best_phase_image(sg, model, u.mean, u.c_star)[0]
         out["session_gabor_true_resp"] = float(
@@ -810,6 +812,11 @@ def curve_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     if "session_gabor_true_resp" in tu:
         g = tu.assign(w=tu["mei_true_resp"] > tu["session_gabor_true_resp"])
         out = out.join(g.groupby("n_images")["w"].mean().rename("MEI > session Gabor"))
+    if "dei_true_phase_span_deg" in tu:  # complex cells' DEIs span phase; simple cells' do not
+        cx = tu[tu["true_kind"] == "complex"].groupby("n_images")["dei_true_phase_span_deg"]
+        sp = tu[tu["true_kind"] == "simple"].groupby("n_images")["dei_median_mei_corr"]
+        out = out.join(cx.median().rename("DEI phase span complex (deg)"))
+        out = out.join(sp.median().rename("DEI-MEI corr simple"))
     return out.join(session.set_index("n_images")[["precision", "recall"]])
 
 
