@@ -209,6 +209,19 @@ def test_constrained_mei_of_a_linear_unit_is_its_filter_at_the_set_contrast(trai
     assert abs(seed.mei.std() - seed.c_star) > 0.05
 
 
+def test_the_compared_mei_is_the_synthesised_one(train_images):
+    """What the MEI page shows, what the Gabor page and the true neuron see: one image."""
+    from meireport.report.stages import unit_mei
+
+    w = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
+    u = unit_mei(LinearModel(w), train_images, train_images, FAST)
+    assert np.abs(u.mei - u.result.mei).max() < 1e-7  # the loop's own image, in the set
+    assert np.abs(u.stimuli[0] - u.mei).max() < 1e-12
+    assert np.abs(equalize(u.mei, u.mean, u.c_star) - u.mei).max() < 1e-7  # the Gabor page's
+    seed = unit_mei(LinearModel(w), train_images, train_images, replace(FAST, method="seed"))
+    assert np.abs(seed.stimuli[0] - seed.mei).max() > 0.05  # the seed rescaled it afterwards
+
+
 def test_mei_of_energy_unit_is_a_phase_of_its_pair(train_images):
     even = unit_rf(-20.0, 10.0, 120.0, 0.08, 35.0)
     odd = unit_rf(-20.0, 10.0, 120.0, 0.08, 35.0, phase=np.pi / 2)
