@@ -175,7 +175,8 @@ def test_a_new_model_setting_refits_without_resimulating(tiny, cache, calls, mon
 
 def test_an_incomplete_entry_is_recomputed_not_used(tiny, cache, calls, tmp_path):
     t = tiny[2]
-    timing = {"session": ["seconds"], "units": ["mei_seconds"], "models": ["seconds"]}
+    timing = {"session": ["seconds"], "units": ["mei_seconds", "dei_seconds"],
+              "models": ["seconds"]}
     (_entry(cache, "limits/n30/unit/complex/1") / "entry.json").unlink()  # a killed writer
     again = _stage(tmp_path / "a", cache)
     assert calls["fit"] > 0 and calls["simulate"] == 0 and calls["select"] == 0
@@ -188,7 +189,7 @@ def test_an_incomplete_entry_is_recomputed_not_used(tiny, cache, calls, tmp_path
     again = _stage(tmp_path / "b", cache)
     assert calls == {"fit": 0, "simulate": 1, "select": 0}  # the pieces after it: same keys
     pd.testing.assert_frame_equal(again["units"], t["units"].assign(
-        mei_seconds=again["units"]["mei_seconds"]))
+        mei_seconds=again["units"]["mei_seconds"], dei_seconds=again["units"]["dei_seconds"]))
     assert np.load(trials)["data"].shape[1] == 30
 
 
