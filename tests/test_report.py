@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -307,41 +308,121 @@ def test_sections_build_the_library_configs():
         MEIParams.from_dict({"lr": 0.1})
 
 
+# Tables on a page that stick out of the content column and are not inside a scroll container
+# (a table hidden in another tab has no size and is skipped).
+_OVERFLOWING_TABLES = """() => {
+  const col = document.querySelector('article.bd-article') || document.querySelector('main');
+  if (!col) return ['no content column'];
+  const right = col.getBoundingClientRect().right + 1;
+  const bad = [];
+  for (const t of col.querySelectorAll('table')) {
+    const r = t.getBoundingClientRect();
+    if (r.width === 0 || r.right <= right) continue;
+    let el = t.parentElement, scrolls = false;
+    while (el && el !== col.parentElement) {
+      const ox = getComputedStyle(el).overflowX;
+      if ((ox === 'auto' || ox === 'scroll') && el.getBoundingClientRect().right <= right) {
+        scrolls = true; break;
+      }
+      el = el.parentElement;
+    }
+    if (!scrolls) bad.push((t.id || t.className || 'table') + ' right edge ' + r.right);
+  }
+  return bad;
+}"""
+
+
+def _file(url: str) -> Path:
+    from urllib.parse import unquote, urlsplit
+
+    return Path(unquote(urlsplit(url).path))
+
+
+def _check_page(page, url: str) -> dict:
+    """Open a page; assert what every page must satisfy; return what it links."""
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(url, wait_until="networkidle")
+    remote = [u for u in urls if not u.startswith(("file://", "data:", "blob:"))]
+    assert remote == [], (url, remote)
+    broken = page.evaluate("Array.from(document.images).filter(i => i.getAttribute('src') "
+                           "&& (!i.complete || i.naturalWidth === 0)).map(i => i.src)")
+    assert broken == [], (url, broken)
+    assert page.evaluate(_OVERFLOWING_TABLES) == [], url
+    links = page.evaluate("Array.from(document.querySelectorAll('a[href]')).filter(a => "
+                          "a.href.startsWith('file:')).map(a => a.href.split('#')[0])")
+    missing = sorted({u for u in links if not _file(u).exists()})
+    assert missing == [], (url, missing)
+    return {
+        "cards": page.evaluate("Array.from(document.querySelectorAll("
+                               "'.sd-card a.sd-stretched-link')).map(a => a.href)"),
+        "downloads": page.evaluate("Array.from(document.querySelectorAll('a.download'))"
+                                   ".map(a => a.href)"),
+        "text": page.inner_text("article") if page.locator("article").count() else "",
+    }
+
+
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="no chromium here")
 def test_site_in_headless_chromium(tiny_run, tmp_path):
+    """The published site, opened from another folder (file://) at 1280 px, as a reader would.
+
+    Every page: nothing requested from outside the machine, every image loads, every internal
+    link resolves, no table overflows the content column. The landing page shows the counts and
+    the gallery; every gallery card links to an existing neuron page; the session and neuron
+    pages link their downloads, which resolve to files.
+    """
     from playwright.sync_api import sync_playwright
+
+    from meireport.report.publish import check_site, publish_site
 
     assert CHROMIUM, "chromium is not installed (.ci/run installs it with apt-get)"
     out, res, index = tiny_run
-    neuron = next((Path(r.notebook) for r in res.results if r.unit_id is not None), None)
-    select = next(Path(r.notebook) for r in res.results if r.stage == "select")
-    summary = next(Path(r.notebook) for r in res.results if r.stage == "summary")
-    html_dir = index.parent / "sessions" / str(res.results[0].session_id)
-    pages = [(index, "meireport"), (html_dir / f"{select.stem}.html", "Neuron selection"),
-             (html_dir / f"{summary.stem}.html", "Session summary")]
-    if neuron is not None:
-        pages.append((next(html_dir.rglob(f"{neuron.stem}.html")), "Neuron"))
+    (tmp_path / "elsewhere").mkdir()
+    site = publish_site(out, tmp_path / "elsewhere" / "site")
+    check_site(site)
+    assert not site.is_relative_to(out)
+    sid = _session_dir(out).name
+    summary = _summary(out)
+    pages = sorted(p for p in site.rglob("*.html")
+                   if p.name not in ("genindex.html", "search.html", "index.html")
+                   and not p.relative_to(site).parts[0].startswith("_"))
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run"]
+    seen: dict[str, dict] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        for i, (page_path, title) in enumerate(pages):
+        for page_path in [site / "index.html", *pages]:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            urls: list[str] = []
-            page.on("request", lambda r, urls=urls: urls.append(r.url))
-            page.goto(page_path.as_uri(), wait_until="networkidle")
-            assert title in page.title()
-            remote = [u for u in urls if not u.startswith(("file://", "data:", "blob:"))]
-            assert remote == [], remote
-            if i > 0:
-                sizes = page.evaluate(
-                    "Array.from(document.images).map(i => i.naturalWidth * i.naturalHeight)")
-                assert any(s > 0 for s in sizes), page_path
-            if page_path.stem == summary.stem:
-                assert page.locator("table").count() >= 1
-            page.screenshot(path=str(tmp_path / f"page{i}.png"))
+            rel = page_path.relative_to(site).as_posix()
+            seen[rel] = _check_page(page, page_path.as_uri())
+            if rel in ("intro.html", f"sessions/{sid}/06_summary.html") or "neuron" in rel:
+                page.screenshot(path=str(tmp_path / (rel.replace("/", "_") + ".png")))
             page.close()
         browser.close()
+    landing = seen["intro.html"]
+    assert re.search(rf"\b{len(summary)} neurons? reported", landing["text"]), landing["text"][:500]
+    assert "MEI gallery" in landing["text"]
+    cards = landing["cards"] + seen[f"sessions/{sid}/06_summary.html"]["cards"]
+    assert len(landing["cards"]) == min(len(summary), 4), landing["cards"]
+    # the summary page's gallery: one card per neuron in each of its three orderings
+    n = len(summary)
+    assert len(seen[f"sessions/{sid}/06_summary.html"]["cards"]) == (3 * n if n > 1 else n)
+    for url in cards:
+        assert _file(url).name == "neuron.html" and _file(url).is_file(), url
+    downloads = seen[f"sessions/{sid}/06_summary.html"]["downloads"]
+    assert {_file(u).name for u in downloads} == {"summary.csv", "selection.csv",
+                                                   "meis_gabors.zip"}, downloads
+    assert pd.read_csv(next(_file(u) for u in downloads if u.endswith("summary.csv"))).equals(
+        summary)
+    for uid in summary["unit_id"]:
+        neuron = seen[f"sessions/{sid}/units/{uid}/neuron.html"]
+        names = {_file(u).name for u in neuron["downloads"]}
+        assert {"mei.npy", "gabor.npy", "best_image.npy"} <= names, names
+        for u in neuron["downloads"]:
+            assert _file(u).is_file(), u
+        assert np.array_equal(
+            np.load(next(_file(u) for u in neuron["downloads"] if u.endswith("/mei.npy"))),
+            np.load(_session_dir(out) / str(uid) / "mei.npy"))
 
 
 def test_crop_falls_back_to_the_full_field_without_a_mapped_rf(tiny_run, tmp_path):

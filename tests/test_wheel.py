@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
 TINY = ROOT / "params" / "tiny.yaml"
 N_STAGES = 7  # 01_extract ... 07_limits
-PAGES = ("intro.md", "methods.md")
+PAGES = ("methods.md", "meireport.css")
 # never copied into the build folder: VCS, caches, build outputs, run folders, data caches
 _SKIP = {".git", ".nox", "__pycache__", "build", "dist", "runs", "_build", "allen_cache",
          ".venv", ".pytest_cache", ".ruff_cache", ".hypothesis", ".import_linter_cache"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ from meireport.plots._style import (
 )
 from meireport.trust import Trust
 
-__all__ = ["plot_summary", "style_summary", "trust_panel"]
+__all__ = ["KEY_COLUMNS", "key_columns_first", "plot_summary", "style_summary", "trust_panel"]
 
 _TINTS = {"high": "#e8f5e9", "medium": "#fff3e0", "low": "#ffebee"}
 _CRITERION_NAMES = {
@@ -66,10 +66,14 @@ def plot_summary(summary: pd.DataFrame) -> Figure:
     panels = [p for p in _PANELS if p[0] in summary and p[1] in summary
               and summary[[p[0], p[1]]].notna().all(axis=1).any()]
     n = len(panels) + 1
-    fig = Figure(figsize=(3.8 * n, 3.6), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)
+    ncols = min(n, 2)  # two panels a row: readable at the site's column width
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(5.0 * ncols, 4.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.remove()
     trust = summary["trust"] if "trust" in summary else pd.Series(None, index=summary.index)
-    for ax, (x, y, xl, yl) in zip(axes[0], panels, strict=False):
+    for ax, (x, y, xl, yl) in zip(axes, panels, strict=False):
         d = summary[[x, y]].astype(float).dropna()
         colours = [trust_colour(t) for t in trust.loc[d.index]]
         ax.scatter(d[x], d[y], s=25, c=colours)
@@ -80,7 +84,7 @@ def plot_summary(summary: pd.DataFrame) -> Figure:
         ax.set_ylabel(yl)
         ax.set_title(f"{yl} vs {xl}", fontsize="small")
         ax.legend(fontsize=7)
-    ax = axes[0][-1]
+    ax = axes[n - 1]
     ok = summary["status"].astype(str).eq("ok").sum() if "status" in summary else 0
     ax.bar(["ok", "failed"], [ok, len(summary) - ok], color=["tab:green", "tab:red"])
     ax.set_ylabel("neurons (count)")
@@ -88,8 +92,37 @@ def plot_summary(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def style_summary(summary: pd.DataFrame, precision: int = 3):
+#: Columns the summary table shows first (the rest follow in their order; reasons last).
+KEY_COLUMNS = (
+    "unit_id", "trust", "area", "oracle_corr", "test_corr", "mei_pred", "best_image_pred",
+    "best_gabor_pred", "true_type", "mei_true_resp", "best_image_true_resp",
+    "best_gabor_true_resp", "mei_rf_corr",
+)
+_LAST_COLUMNS = ("status", "trust_reasons")
+
+
+def key_columns_first(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table with :data:`KEY_COLUMNS` first and ``status``, ``trust_reasons`` last.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"fev": [0.1], "trust_reasons": ["x"], "trust": ["high"],
+    ...                    "unit_id": [3]})
+    >>> list(key_columns_first(df).columns)
+    ['unit_id', 'trust', 'fev', 'trust_reasons']
+    """
+    first = [c for c in KEY_COLUMNS if c in summary]
+    last = [c for c in _LAST_COLUMNS if c in summary]
+    rest = [c for c in summary.columns if c not in first and c not in last]
+    return summary[first + rest + last]
+
+
+def style_summary(summary: pd.DataFrame, precision: int = 3,
+                  unit_links: Callable[[int], str] | None = None):
     """The summary table as a pandas Styler, each row tinted by its trust label.
+
+    Key columns come first (:func:`key_columns_first`); the trust reasons wrap, every other
+    cell stays on one line (the site scrolls a wide table inside its column).
 
     Parameters
     ----------
@@ -97,6 +130,8 @@ def style_summary(summary: pd.DataFrame, precision: int = 3):
         The summary table (a ``trust`` column; rows without a label stay white).
     precision : int, default 3
         Decimals shown.
+    unit_links : callable, optional
+        Unit id -> relative URL of the neuron's page; unit ids become links to it.
 
     Returns
     -------
@@ -107,9 +142,12 @@ def style_summary(summary: pd.DataFrame, precision: int = 3):
     >>> df = pd.DataFrame({"unit_id": [3, 4], "trust": ["high", "low"]})
     >>> "#ffebee" in style_summary(df).to_html()
     True
+    >>> 'href="u/3.html"' in style_summary(df, unit_links=lambda u: f"u/{u}.html").to_html()
+    True
     """
     if "trust" not in summary:
         raise MeireportError("summary: expected a trust column")
+    summary = key_columns_first(summary)
 
     def tint(row: pd.Series) -> list[str]:
         label = row["trust"]
@@ -117,7 +155,16 @@ def style_summary(summary: pd.DataFrame, precision: int = 3):
         return [(f"{bg}; color: {TRUST_COLOURS[label]}; font-weight: bold" if c == "trust"
                  and label in TRUST_COLOURS else bg) for c in row.index]
 
-    return summary.style.apply(tint, axis=1).format(precision=precision).hide(axis="index")
+    styler = summary.style.apply(tint, axis=1).format(precision=precision)
+    if unit_links is not None and "unit_id" in summary:
+        styler = styler.format(
+            lambda u: f'<a href="{html.escape(unit_links(int(u)))}">{int(u)}</a>',
+            subset=["unit_id"])
+    if "trust_reasons" in summary:
+        styler = styler.set_td_classes(pd.DataFrame(
+            {c: "meireport-wrap" if c == "trust_reasons" else "" for c in summary.columns},
+            index=summary.index))
+    return styler.hide(axis="index")
 
 
 def _cell(value: object, fmt: str = "{:.3g}") -> str:

@@ -21,12 +21,16 @@ import yaml
 import meireport
 from meireport.artifacts import save_json
 from meireport.errors import MeireportError
+from meireport.report import site
 from meireport.report.run import RUN_LEVEL_ID, STAGES, load_run, run_folder_lock
 
 __all__ = ["build_book", "book_index", "task_page", "BOOK_TEMPLATE_DIR", "BOOK_MARK"]
 
 #: Site pages shipped with the package (package data, present in a wheel install too).
 BOOK_TEMPLATE_DIR = Path(__file__).resolve().parent / "pages"
+#: The shipped pages every site has (the landing page is generated: :mod:`.site`); the style
+#: sheet goes to the site's ``_static``.
+PAGES = ("methods.md", "meireport.css")
 #: `nox -s bench` writes it into a source checkout: the book shows it as a "Performance" page
 #: when it exists (an installed package has none, and the page is left out).
 BENCH_RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results.md"
@@ -60,14 +64,21 @@ def _config(title: str) -> dict:
             "extra_extensions": ["meireport.report.sphinx_offline"],
             "config": {"html_show_copyright": False, "html_show_sphinx": False,
                        "suppress_warnings": ["myst.header", "mystnb.unknown_mime_type"],
+                       "html_css_files": ["meireport.css"],
                        "html_theme_options": {"use_download_button": False,
                                               "search_bar_text": "Search this report..."}},
         },
     }
 
 
-def _clean_notebook(src: Path, dst: Path, title: str | None = None) -> None:
-    """Copy an executed notebook, removing the parameter cells; optionally retitle the page."""
+def _clean_notebook(src: Path, dst: Path, title: str | None = None,
+                    after_intro: str = "", at_end: str = "") -> None:
+    """Copy an executed notebook, removing the parameter cells; optionally retitle the page.
+
+    ``after_intro`` (MyST) becomes a markdown cell after the first one (the page's heading and
+    introduction), ``at_end`` one at the end: the site's generated parts (gallery, downloads,
+    neuron-to-neuron links).
+    """
     import nbformat
 
     try:
@@ -84,6 +95,11 @@ def _clean_notebook(src: Path, dst: Path, title: str | None = None) -> None:
         tags = set(cell.get("metadata", {}).get("tags", []))
         if tags & _HIDDEN_TAGS:
             cell.setdefault("metadata", {})["tags"] = sorted(tags | {"remove-cell"})
+    if after_intro:
+        first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), -1)
+        nb.cells.insert(first + 1, nbformat.v4.new_markdown_cell(after_intro))
+    if at_end:
+        nb.cells.append(nbformat.v4.new_markdown_cell(at_end))
     dst.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dst)
 
@@ -129,9 +145,52 @@ def task_page(r: dict) -> str:
     return f"sessions/{sid}/units/{uid}/{stem or 'failed'}"
 
 
-def _session_entries(src: Path, sid: int, results: list[dict]) -> dict:
-    """Copy one session's notebooks into the book source; return its toc part."""
+_NEURON_TITLES = {"train": "Model training", "mei": "Most exciting input",
+                  "gabor": "MEI vs Gabor"}
+
+
+def _neuron_order(sres: list[dict], cards: list[site.Card]) -> list[int]:
+    """A session's neurons in the gallery's order (trust, then oracle), the rest by id."""
+    units = sorted({r["unit_id"] for r in sres if r["unit_id"] is not None})
+    first = [c.unit_id for c in site.sort_cards(cards) if c.unit_id in units]
+    return first + [u for u in units if u not in first]
+
+
+def _neuron_entry(src: Path, run_dir: Path, sid: int, uid: int, ures: list[dict],
+                  card: site.Card, nav: str) -> dict:
+    """Copy one neuron's notebooks, write its overview page; return its toc chapter."""
+    pages = []
+    for r in ures:
+        if _shows_notebook(r):
+            rel = task_page(r)
+            title = _NEURON_TITLES.get(r["stage"], _STAGE_TITLES[r["stage"]])
+            _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb",
+                            f"Neuron {uid}: {title}", at_end=nav)
+            pages.append({"file": rel, "title": title})
+    bad = [r for r in ures if r["status"] in ("failed", "skipped")]
+    if bad:
+        rel = task_page(bad[0])
+        _failure_page(src / f"{rel}.md", f"Neuron {uid}: what failed", bad)
+        pages.append({"file": rel, "title": "What failed"})
+    page = f"sessions/{sid}/units/{uid}/{site.NEURON_PAGE}"
+    files = site.write_neuron_files(run_dir / "results" / str(sid) / str(uid),
+                                    src / page.rsplit("/", 1)[0] / "data")
+    text = site.neuron_markdown(card, [(p["title"], f"/{p['file']}") for p in pages], files, nav)
+    (src / f"{page}.md").write_text(text)
+    chapter: dict = {"file": page, "title": f"Neuron {uid}"}
+    if pages:
+        chapter["sections"] = pages
+    return chapter
+
+
+def _session_entries(src: Path, sid: int, results: list[dict], run_dir: Path,
+                     cards: list[site.Card]) -> dict:
+    """Copy one session's notebooks and its downloads into the book source; its toc part."""
     sres = [r for r in results if r["session_id"] == sid]
+    scards = [c for c in cards if c.session_id == sid]
+    downloads = site.downloads_markdown(site.write_session_downloads(run_dir, sid, src))
+    extra = {"select": downloads,
+             "summary": f"## MEI gallery\n\n{site.gallery_markdown(scards)}\n\n{downloads}"}
     chapters = []
     stage_order = [s.name for s in STAGES]
     for st in ("extract", "select", "summary"):
@@ -140,31 +199,21 @@ def _session_entries(src: Path, sid: int, results: list[dict]) -> dict:
             continue
         rel = task_page(r)
         if _shows_notebook(r):
-            _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb")
+            _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb",
+                            after_intro=extra.get(st, ""))
             chapters.append({"file": rel, "title": _STAGE_TITLES[st]})
         else:
             _failure_page(src / f"{rel}.md", f"{_STAGE_TITLES[st]} failed", [r])
             chapters.append({"file": rel})
-    units = sorted({r["unit_id"] for r in sres if r["unit_id"] is not None})
-    for uid in units:
+    units = _neuron_order(sres, scards)
+    by_uid = {c.unit_id: c for c in scards}
+    neighbours = [by_uid.get(u) or site.Card(sid, u) for u in units]
+    for i, uid in enumerate(units):
         ures = sorted([r for r in sres if r["unit_id"] == uid],
                       key=lambda r: stage_order.index(r["stage"]))
-        pages = []
-        for r in ures:
-            if _shows_notebook(r):
-                rel, title = task_page(r), f"Neuron {uid}: {_STAGE_TITLES[r['stage']]}"
-                _clean_notebook(Path(r["notebook"]), src / f"{rel}.ipynb", title)
-                pages.append({"file": rel, "title": title})
-        bad = [r for r in ures if r["status"] in ("failed", "skipped")]
-        if bad:
-            rel = task_page(bad[0])
-            _failure_page(src / f"{rel}.md", f"Neuron {uid}: what failed", bad)
-            pages.append({"file": rel, "title": f"Neuron {uid}: failed"})
-        if pages:
-            chapter = dict(pages[0])
-            if len(pages) > 1:
-                chapter["sections"] = pages[1:]
-            chapters.append(chapter)
+        nav = site.nav_markdown(neighbours[i - 1] if i else None,
+                                neighbours[i + 1] if i + 1 < len(units) else None)
+        chapters.append(_neuron_entry(src, run_dir, sid, uid, ures, neighbours[i], nav))
     return {"caption": f"Session {sid}", "chapters": chapters}
 
 
@@ -207,21 +256,27 @@ def _write_source(src: Path, run_dir: Path, run: dict | None = None) -> None:
     """Write the book source of a run (its ``run.json``, read here unless given) into ``src``."""
     run = run if run is not None else load_run(run_dir)
     title = run["params"].get("title") or "meireport"
-    for name in ("intro.md", "methods.md"):
+    for name in PAGES:
         f = BOOK_TEMPLATE_DIR / name
         if not f.is_file():
             raise MeireportError(f"book page {f} is missing from the installed package "
                                  "(reinstall meireport)")
-        shutil.copy(f, src / name)
+        dst = src / "_static" / name if name.endswith(".css") else src / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst)
     extra = _performance_page(src, run_dir)
     parts = [{"caption": "Method", "chapters": [{"file": "methods"}]}]
     limits = _run_level_entries(src, run["results"])
     if limits:
         parts.append({"caption": "How far to trust it", "chapters": limits})
+    cards = site.collect_cards(run_dir, run, src)
     for sid in run["session_ids"]:
-        parts.append(_session_entries(src, int(sid), run["results"]))
+        parts.append(_session_entries(src, int(sid), run["results"], run_dir, cards))
     if extra:
         parts.append({"caption": "About", "chapters": [{"file": Path(p).stem} for p in extra]})
+    site.write_params(src, run)
+    limits_doc = f"/{limits[0]['file']}" if limits else None
+    (src / "intro.md").write_text(site.landing_markdown(run_dir, run, cards, limits_doc))
     toc = {"format": "jb-book", "root": "intro", "parts": parts}
     (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     (src / "_config.yml").write_text(yaml.safe_dump(_config(title), sort_keys=False))

@@ -1,11 +1,12 @@
-"""Command line: ``meireport simulate | extract | run | build | report | fetch``.
+"""Command line: ``meireport simulate | extract | run | build | publish | report | fetch``.
 
 Exit status:
 
 - 0: everything asked for succeeded.
 - 1: an internal error (a bug): one line; ``--debug`` shows its traceback.
 - 2: bad input, found before anything ran (params, ``--out``, the source, a run folder, a
-  notebook the site cannot read): one line on stderr, ``meireport: error: ...``.
+  notebook the site cannot read; for ``publish``: no built site, a ``--to`` that exists, a site
+  that is not self-contained): one line on stderr, ``meireport: error: ...``.
 - 3: the run finished, and with ``report`` or ``build`` the site was built, but some tasks
   failed or were skipped; the last line says how many and where their pages and notebooks are.
   With ``--strict``, the run stopped at the first failed task and no site was built.
@@ -200,6 +201,14 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return _outcome(failed, len(results), index, Path(args.run_dir).resolve())
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from meireport.report.publish import publish_site
+
+    out = publish_site(args.run_dir, args.to)
+    print(f"site published: {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``meireport`` argument parser."""
     p = argparse.ArgumentParser(prog="meireport", description=__doc__.splitlines()[0],
@@ -254,6 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("run_dir")
     b.set_defaults(func=_cmd_build)
+    pub = sub.add_parser("publish", help="copy a run's built site to a folder or a .zip, "
+                         "self-contained, for any static host", parents=[common],
+                         epilog=_EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pub.add_argument("run_dir", help="run folder whose site was built (`meireport build`)")
+    pub.add_argument("--to", required=True, metavar="DIR|ZIP",
+                     help="a new (or empty) folder, or a new .zip path (index.html at its "
+                          "root); nothing is ever overwritten")
+    pub.set_defaults(func=_cmd_publish)
     return p
 
 
