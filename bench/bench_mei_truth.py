@@ -85,6 +85,8 @@ def _unit(model, i, uid, data, fit, truth, geometry, gp, mp) -> dict:
             "true_sf_cpd": float(truth.rf_params["sf_cpd"][truth.index_of([uid])[0]]),
             "gabor_clip_fraction": dg["clip_fraction"],
             "mei_gabor_corr": pixel_correlation(u.mei, gabor),
+            "dei_median_mei_corr_rf": float(np.median(
+                [pixel_correlation(x, u.mei, mask) for x in d["arrays"]["images"]])),
             "test_corr": float(fit.metrics.loc[uid, "test_corr"]),
             "true_corr": float(fit.metrics.loc[uid, "true_corr"])}
     row["mei_over_gabor"] = row["mei_true_resp"] / row["gabor_true_resp"]
@@ -101,6 +103,8 @@ def _summary(df: pd.DataFrame) -> dict:
     cx, sp = df[df["kind"] == "complex"], df[df["kind"] == "simple"]
     out["complex_dei_phase_span_median_deg"] = float(cx["dei_true_phase_span_deg"].median())
     out["simple_dei_mei_corr_median"] = float(sp["dei_median_mei_corr"].median())
+    if "dei_median_mei_corr_rf" in sp:  # inside the RF mask (units.csv of older runs lack it)
+        out["simple_dei_mei_corr_rf_median"] = float(sp["dei_median_mei_corr_rf"].median())
     sf_err = (sp["mei_sf_cpd"] / sp["true_sf_cpd"] - 1).abs()
     out["simple_sf_within_20pct"] = float((sf_err <= 0.2).mean())
     out["mei_clip_fraction_max"] = float(df["mei_clip_fraction"].max())
@@ -160,6 +164,7 @@ def main(argv=None) -> int:
             i, fit_s = 0, time.perf_counter() - t1
         rows.append(_unit(fit.model, i, int(uid), data, fit, truth, geometry, gp, mp))
         r = rows[-1]
+        r["oracle_corr"] = float(oracle[uid])
         if fits is None:
             r["fit_seconds"] = fit_s
         print(f"{r['kind']:8s} {uid}: test r {r['test_corr']:.2f} rf {r['mei_rf_corr']:.2f} "

@@ -240,3 +240,26 @@ def test_deis_on_the_gpu_match_the_cpu(train_images):
     gpu = diverse_meis(EnergyModel(EVEN, ODD).double().cuda(), mei)
     assert isinstance(gpu.images, np.ndarray) and gpu.n_met == cpu.n_met
     assert np.allclose(gpu.images, cpu.images, atol=1e-4)
+
+
+def test_a_simple_cells_deis_differ_from_its_mei_outside_its_rf_not_inside(train_images):
+    """A small RF in a larger image: the DEIs keep the MEI inside the RF mask (where every
+    metric is measured) and differ where the unit does not look (what the gabor stage's
+    ``dei_median_mei_corr_rf`` separates from the whole-image ``dei_median_mei_corr``)."""
+    from meireport.mei.compare import pixel_correlation
+    from meireport.mei.rf import rf_mask
+
+    shape = (40, 64)
+    small = np.zeros(shape)
+    small[8:32, 8:40] = gabor(0.0)  # the 24 x 32 filter in the top-left part of the image
+    model = LinearModel(small)
+    images = np.random.default_rng(1).uniform(0.2, 0.8, size=(8, *shape))
+    mei = generate_mei(model, images, MEI_CFG)
+    res = diverse_meis(model, mei)
+    mask = rf_mask(model, images)
+    assert abs(mask.centre[0] - 19.5) <= 2 and abs(mask.centre[1] - 23.5) <= 2, mask.centre
+    inside = [pixel_correlation(x, mei.mei, mask) for x in res.images]
+    whole = [pixel_correlation(x, mei.mei) for x in res.images]
+    assert np.all(res.fractions >= res.config.fraction)
+    assert min(inside) >= res.config.fraction, inside  # a linear unit: cos of the angle
+    assert np.median(inside) > np.median(whole), (inside, whole)

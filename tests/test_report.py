@@ -61,6 +61,9 @@ def test_end_to_end(tiny_run):
         assert json.loads((sdir / str(uid) / "trust.json").read_text())["label"] == label
     sel = pd.read_csv(sdir / "selection.csv")
     assert sel["selection_stability"].between(0, 1).all()
+    for uid in summary["unit_id"]:  # the DEIs' similarity to the MEI, also inside the RF mask
+        comp = json.loads((sdir / str(uid) / "comparison.json").read_text())
+        assert -1 <= comp["dei_median_mei_corr_rf"] <= 1
     notebooks = [r for r in res.results if r.notebook]  # the study's pieces have none
     assert {r.stage for r in notebooks} == stages
     for r in notebooks:  # every notebook executed without an error output

@@ -670,6 +670,8 @@ def gabor_stage(session_dir, out_dir, unit_id: int, gabor: dict,
     footing = {"mean": m["mean_luminance"], "c_star": m["c_star"]}
     inputs = [out / "model.pt", out / "mei.npy",
               *_session_inputs(sdir, info, "gabors.npz", "images.npz", "session.json")]
+    if (out / "deis.npz").is_file():  # their similarity to the MEI is measured in the RF mask
+        inputs.append(out / "deis.npz")
     key = compute_key("gabor", inputs, {"unit_id": int(unit_id), "gabor": gabor,
                                         "footing": footing, "device": dev.type})
     outputs = ("gabor.npy", "comparison.json")
@@ -730,6 +732,12 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
         "mei_peak_sf_cpd": dm["peak_sf_cpd"], "gabor_peak_sf_cpd": dg["peak_sf_cpd"],
         "mei_gabor_corr": pixel_correlation(eq[0], eq[2]),
     }
+    if (out / "deis.npz").is_file():
+        # the DEIs' similarity to the MEI where the unit looks (whole-image: mei.json's
+        # dei_median_mei_corr, lowered by pixels outside the RF that the unit ignores)
+        deis = load_npz(out / "deis.npz")["images"]
+        values["dei_median_mei_corr_rf"] = float(np.median(
+            [pixel_correlation(x, mei_img, mask) for x in deis]))
     if search is not None:
         values |= search.summary()
     truth = _truth(info, sdir)
