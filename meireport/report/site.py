@@ -24,6 +24,7 @@ ships and which loads nothing from the internet.
 from __future__ import annotations
 
 import math
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,10 +118,9 @@ class Card:
 
 def _num(v) -> float:
     try:
-        x = float(v)
+        return float(v)
     except (TypeError, ValueError):
         return math.nan
-    return x
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -165,11 +165,12 @@ def session_counts(sdir) -> dict:
     }
 
 
-def _write_pngs(ndir: Path, dst: Path) -> tuple[tuple[str, str], ...]:
-    """The neuron's compared stimuli as grey-level PNGs in ``dst``: (label, file name) each.
+def _write_stimuli(ndir: Path, dst: Path) -> tuple[tuple[str, str], ...]:
+    """The neuron's compared stimuli into ``dst`` as ``.npy`` and grey-level ``.png``, read once.
 
-    One grey scale for all (0 black, 1 white: the screen's range), one image pixel per PNG
-    pixel (the site shows them enlarged, pixelated).
+    One grey scale for all PNGs (0 black, 1 white: the screen's range), one image pixel per PNG
+    pixel (the site shows them enlarged, pixelated). Returns (label, PNG file name) each; the
+    neuron's downloads and the session's zip take the files from ``dst``.
     """
     from matplotlib.image import imsave
 
@@ -177,6 +178,7 @@ def _write_pngs(ndir: Path, dst: Path) -> tuple[tuple[str, str], ...]:
     out = []
     names = dict(_STIMULI)
     for key, img in _stimuli(ndir).items():
+        np.save(dst / f"{key}.npy", img, allow_pickle=False)
         imsave(dst / f"{key}.png", np.clip(img, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0)
         out.append((names[key], f"{key}.png"))
     return tuple(out)
@@ -197,9 +199,9 @@ def _stimuli(ndir: Path) -> dict[str, np.ndarray]:
 
 
 def collect_cards(run_dir, run: dict, src) -> list[Card]:
-    """One :class:`Card` per reported neuron of every session; writes its stimuli's PNGs.
+    """One :class:`Card` per reported neuron of every session; writes its stimuli's files.
 
-    The PNGs go to ``src/sessions/<sid>/units/<uid>/data/`` (the book source).
+    The ``.npy`` and PNG files go to ``src/sessions/<sid>/units/<uid>/data/`` (the book source).
     """
     run_dir, src = Path(run_dir), Path(src)
     cards = []
@@ -209,7 +211,7 @@ def collect_cards(run_dir, run: dict, src) -> list[Card]:
         for row in [] if summ.empty else summ.to_dict("records"):
             uid = int(row["unit_id"])
             rel = f"sessions/{sid}/units/{uid}/data"
-            pngs = _write_pngs(sdir / str(uid), src / rel)
+            pngs = _write_stimuli(sdir / str(uid), src / rel)
             trust = row.get("trust")
             cards.append(Card(
                 session_id=int(sid), unit_id=uid, area=str(row.get("area") or ""),
@@ -400,8 +402,7 @@ def nav_markdown(prev: Card | None, nxt: Card | None) -> str:
     return " · ".join(parts)
 
 
-_NEURON_FILES = ("mei.npy", "gabor.npy", "mei.json", "comparison.json", "train.json",
-                 "trust.json")
+_NEURON_FILES = ("mei.json", "comparison.json", "train.json", "trust.json")
 _KEY_VALUES = (
     ("oracle_corr", "oracle correlation"), ("fev", "fraction of explainable variance"),
     ("test_corr", "test correlation (CNN)"), ("test_corr_ln", "test correlation (LN)"),
@@ -417,25 +418,19 @@ _KEY_VALUES = (
 
 
 def write_neuron_files(ndir, dst) -> list[str]:
-    """Copy a neuron's downloadable files into ``dst`` (the site's ``.../data``); their names.
+    """Copy a neuron's stage records into ``dst`` (the site's ``.../data``); its files' names.
 
-    The compared stimuli as ``.npy`` (``best_image.npy`` from ``mei_starts.npz``), the PNGs
-    :func:`collect_cards` wrote there, and the stage records (``mei.json``,
+    The names: the compared stimuli :func:`collect_cards` wrote there (``.npy`` and ``.png``;
+    ``best_image`` from ``mei_starts.npz``) and the stage records (``mei.json``,
     ``comparison.json``, ``train.json``, ``trust.json``).
     """
-    import shutil
-
     ndir, dst = Path(ndir), Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    names = []
+    names = [f"{key}.npy" for key, _ in _STIMULI if (dst / f"{key}.npy").is_file()]
     for name in _NEURON_FILES:
         if (ndir / name).is_file():
             shutil.copy(ndir / name, dst / name)
             names.append(name)
-    stim = _stimuli(ndir)
-    if "best_image" in stim:
-        np.save(dst / "best_image.npy", stim["best_image"], allow_pickle=False)
-        names.append("best_image.npy")
     names += [f"{key}.png" for key, _ in _STIMULI if (dst / f"{key}.png").is_file()]
     return names
 
@@ -488,8 +483,6 @@ def write_session_downloads(run_dir, sid: int, src) -> list[str]:
     Returns the file names written (``summary.csv``, ``selection.csv``,
     ``meis_gabors.zip``: per neuron ``<uid>/{mei,best_image,gabor}.npy`` and ``.png``).
     """
-    import shutil
-
     sdir = Path(run_dir) / "results" / str(sid)
     dst = Path(src) / "sessions" / str(sid) / "data"
     dst.mkdir(parents=True, exist_ok=True)
@@ -503,21 +496,11 @@ def write_session_downloads(run_dir, sid: int, src) -> list[str]:
         return names
     with zipfile.ZipFile(dst / "meis_gabors.zip", "w", zipfile.ZIP_DEFLATED) as z:
         for uid in summ["unit_id"].astype(int):
-            ndir = sdir / str(uid)
-            for name in ("mei.npy", "gabor.npy"):
-                if (ndir / name).is_file():
-                    z.write(ndir / name, f"{uid}/{name}")
-            pngs = Path(src) / "sessions" / str(sid) / "units" / str(uid) / "data"
+            files = Path(src) / "sessions" / str(sid) / "units" / str(uid) / "data"
             for key, _ in _STIMULI:
-                if (pngs / f"{key}.png").is_file():
-                    z.write(pngs / f"{key}.png", f"{uid}/{key}.png")
-            bi = _stimuli(ndir).get("best_image")
-            if bi is not None:
-                import io
-
-                buf = io.BytesIO()
-                np.save(buf, bi, allow_pickle=False)
-                z.writestr(f"{uid}/best_image.npy", buf.getvalue())
+                for suffix in (".npy", ".png"):
+                    if (files / f"{key}{suffix}").is_file():
+                        z.write(files / f"{key}{suffix}", f"{uid}/{key}{suffix}")
     names.append("meis_gabors.zip")
     return names
 
