@@ -24,11 +24,14 @@ from meireport.sources.cache import (
     template_header,
     template_path,
 )
-from meireport.sources.nwb import Session, UnitFilter, open_session
+from meireport.sources.nwb import Session, UnitFilter, open_remote, open_session
 from meireport.sources.simulate import DEFAULT_SESSION_ID, simulate_session
 
 __all__ = ["source_location", "ensure_source", "open_source", "preflight_session",
-           "REQUIRED_COLUMNS"]
+           "REQUIRED_COLUMNS", "REMOTE_KINDS"]
+
+#: Source kinds read over HTTP(S) by byte ranges.
+REMOTE_KINDS = ("url", "dandi")
 
 #: Stimuli the report needs, with the columns of their tables it reads.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -42,7 +45,12 @@ _FETCH_HINT = ("; expected an AllenSDK cache folder (`meireport fetch --session 
 
 
 def source_location(source: dict, run_dir) -> Path:
-    """Cache folder or NWB file the source points to (simulated default: ``<run_dir>/cache``)."""
+    """Cache folder or NWB file the source points to (simulated default: ``<run_dir>/cache``).
+
+    For a remote source (``url``, ``dandi``): the byte-range cache folder.
+    """
+    if source["kind"] in REMOTE_KINDS:
+        return _remote_cache(source)
     if source.get("path"):
         return Path(source["path"]).expanduser().resolve()
     if source["kind"] != "simulated":
@@ -50,10 +58,33 @@ def source_location(source: dict, run_dir) -> Path:
     return (Path(run_dir) / "cache").resolve()
 
 
+def _remote_cache(source: Mapping) -> Path:
+    from meireport.sources.remote import default_cache_dir
+
+    return Path(source.get("cache_dir") or default_cache_dir()).expanduser().resolve()
+
+
+def _remote_url(source: Mapping, session_id: int | None) -> tuple[str, str]:
+    """The URL a remote source reads for a session, and the field its errors name."""
+    if source["kind"] == "url":
+        return source["url"], "source.url"
+    from meireport.sources.dandi import dandi_url
+
+    url = dandi_url(source.get("dandiset", "000021"), int(session_id), source.get("version"),
+                    cache_dir=_remote_cache(source))
+    return url, f"source (dandiset {source.get('dandiset', '000021')}, session {session_id})"
+
+
 def _check_location(source: Mapping, where: Path) -> None:
     """``source.path`` exists and is what its kind needs (a simulated one may not exist yet)."""
     kind = source["kind"]
-    if kind == "allen_cache":
+    if source.get("templates") is not None:
+        check_path(source["templates"], "folder", "source.templates")
+    if kind in REMOTE_KINDS:
+        if where.exists() and not where.is_dir():
+            raise MeireportError(f"source.cache_dir: {where} is not a folder; expected the "
+                                 "folder of the byte-range cache")
+    elif kind == "allen_cache":
         if where.is_file():
             raise MeireportError(f"source.path: {where} is a file; kind allen_cache expects a "
                                  "cache folder (use kind: nwb for one .nwb file)")
@@ -81,6 +112,8 @@ def _field(name: str) -> Iterator[None]:
     except MeireportError as e:
         text = str(e)
         head, sep, rest = text.partition(": ")
+        if sep and head.startswith(("source.", "source ")):  # names its field already
+            raise
         if sep and head in _PARAMS_FIELD:
             raise MeireportError(f"{_PARAMS_FIELD[head]}: {rest}") from None
         raise MeireportError(f"{name}: {text}") from None
@@ -120,6 +153,11 @@ def ensure_source(source: dict, run_dir, progress: bool = True,
     elif source["kind"] == "nwb":
         with _field("source.path"), open_session(where) as s:
             found = [s.session_id]
+    elif source["kind"] == "url":
+        with _field("source.url"), open_source(source, None, run_dir, extract) as s:
+            found = [s.session_id]
+    elif source["kind"] == "dandi":
+        found = list(ids)
     else:
         try:
             found = cached_session_ids(where)
@@ -151,11 +189,20 @@ def _unit_filter(extract: Mapping | None) -> UnitFilter:
     )
 
 
-def open_source(source: dict, session_id: int, run_dir, extract: dict | None = None) -> Session:
+def open_source(source: dict, session_id: int | None, run_dir,
+                extract: dict | None = None) -> Session:
     """Open one session of the source with the unit filter of the ``extract`` section."""
     where = source_location(source, run_dir)
+    if source["kind"] in REMOTE_KINDS:
+        url, field = _remote_url(source, session_id)
+        sid = int(session_id) if session_id is not None else None
+        return open_remote(url, source.get("templates"), sid, _unit_filter(extract),
+                           timeout_s=source.get("timeout_s", 30.0), cache_dir=where, field=field)
     sid = None if source["kind"] == "nwb" else int(session_id)
-    return open_session(where, sid, unit_filter=_unit_filter(extract))
+    s = open_session(where, sid, unit_filter=_unit_filter(extract))
+    if source.get("templates") is not None:  # the images from elsewhere than the cache
+        s.templates_dir = Path(source["templates"]).expanduser().resolve()
+    return s
 
 
 def preflight_session(source: dict, session_id: int, run_dir,
@@ -171,7 +218,7 @@ def preflight_session(source: dict, session_id: int, run_dir,
     with _field("source.path"):
         s = open_source(source, session_id, run_dir, extract)
     with s:
-        what = f"session {s.session_id} ({s.path})"
+        what = f"session {s.session_id} ({s.where})"
         try:
             names = s.stimulus_names
             tables = {name: s.stimulus_table(name) for name in REQUIRED_COLUMNS if name in names}
@@ -180,7 +227,7 @@ def preflight_session(source: dict, session_id: int, run_dir,
             raise MeireportError(f"source.path: {e}") from None
         except (OSError, KeyError, ValueError, TypeError) as e:  # damaged inside the file
             raise MeireportError(
-                f"source.path: {s.path} cannot be read as an Allen-format NWB ({one_line(e)})"
+                f"source.path: {s.where} cannot be read as an Allen-format NWB ({one_line(e)})"
             ) from None
         for name, columns in REQUIRED_COLUMNS.items():
             if name not in tables:
@@ -209,7 +256,14 @@ def _check_templates(s: Session, frames) -> None:
     shown = sorted({int(k) for k in np.asarray(frames, dtype=float) if np.isfinite(k) and k >= 0})
     if not shown:
         raise MeireportError(f"source.path: the natural_scenes table of session {s.session_id} "
-                             f"({s.path}) shows no image (only the blank frame -1)")
+                             f"({s.where}) shows no image (only the blank frame -1)")
+    if s.templates_dir is None and s.remote is not None:
+        raise MeireportError(
+            f"source.templates: required for a remote session ({s.where} holds the "
+            f"natural_scenes table but not the {len(shown)} images); set it to a folder of "
+            "natural_scene_<k>.tiff, e.g. an AllenSDK cache's natural_scene_templates/ "
+            "(`meireport fetch --templates-only --cache DIR` in `nox -s allen`'s env downloads "
+            "only the images)")
     if s.templates_dir is None:
         raise MeireportError(
             f"natural_scene_templates: no {TEMPLATES_DIRNAME} folder beside {s.path} (looked in "

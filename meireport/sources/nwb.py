@@ -14,11 +14,14 @@ Tables and numbering follow AllenSDK 2.16's ``EcephysSession``:
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import h5py
 import numpy as np
@@ -28,7 +31,7 @@ from meireport.errors import MeireportError
 from meireport.sources.cache import check_path, one_line, resolve_session, template_path
 from meireport.stimuli import ScreenGeometry
 
-__all__ = ["UnitFilter", "Session", "SpikeTimes", "open_session"]
+__all__ = ["UnitFilter", "Session", "SpikeTimes", "open_session", "open_remote"]
 
 _ELECTRODES = "general/extracellular_ephys/electrodes"
 _SKIP_INTERVAL_COLUMNS = {"tags", "timeseries", "tags_index", "timeseries_index"}
@@ -186,8 +189,12 @@ class Session:
     Attributes
     ----------
     session_id : int
-    path : Path
-        The NWB file.
+    path : Path or None
+        The local NWB file (None for a remote one).
+    remote : RemoteFile or None
+        The remote file object a remote session reads by byte ranges (see :func:`open_remote`).
+    where : str
+        The local path or the URL, as error messages name it.
     templates_dir : Path or None
         Folder holding ``natural_scene_<k>.tiff``.
     unit_filter : UnitFilter
@@ -195,15 +202,36 @@ class Session:
 
     def __init__(
         self,
-        nwb_path: Path,
+        nwb_path: Path | io.IOBase,
         templates_dir: Path | None = None,
         unit_filter: UnitFilter | None = None,
         session_id: int | None = None,
     ):
-        self.path = Path(nwb_path)
+        self._file = None
+        self.remote = nwb_path if isinstance(nwb_path, io.IOBase) else None
+        self.path = None if self.remote is not None else Path(nwb_path)
+        self.where = getattr(self.remote, "url", None) or str(self.path)
         self.templates_dir = templates_dir
         self.unit_filter = unit_filter if unit_filter is not None else UnitFilter()
-        self._file = None
+        self._file = self._open_file()
+        if "units" not in self._file or "spike_times" not in self._file["units"]:
+            self.close()
+            raise MeireportError(
+                f"path: {self.where} has no units table with spike_times; "
+                "expected an Allen-format NWB"
+            )
+        self.session_id = session_id if session_id is not None else self._read_session_id()
+
+    def _open_file(self) -> h5py.File:
+        """Open the local file or the remote file object read-only; one line if it fails."""
+        if self.remote is not None:
+            try:
+                return h5py.File(self.remote, "r")
+            except OSError as e:
+                raise MeireportError(
+                    f"path: {self.where} cannot be opened as an NWB (HDF5) file "
+                    f"({one_line(e)}); expected an Allen-format .nwb"
+                ) from None
         check_path(self.path, "file")
         try:
             hdf5 = h5py.is_hdf5(self.path)
@@ -212,7 +240,7 @@ class Session:
         if not hdf5:
             raise MeireportError(f"path: {self.path} is not an NWB (HDF5) file")
         try:
-            self._file = h5py.File(self.path, "r")
+            return h5py.File(self.path, "r")
         except OSError as e:  # h5py: "Unable to open file (truncated file: eof = ...)"
             reason = one_line(e)
             if "(" in reason and reason.endswith(")"):
@@ -221,19 +249,14 @@ class Session:
                 f"path: {self.path} cannot be opened as an NWB (HDF5) file ({reason}); "
                 "expected a complete Allen-format .nwb (a download cut short? fetch it again)"
             ) from None
-        if "units" not in self._file or "spike_times" not in self._file["units"]:
-            self._file.close()
-            raise MeireportError(
-                f"path: {self.path} has no units table with spike_times; "
-                "expected an Allen-format NWB"
-            )
-        self.session_id = session_id if session_id is not None else self._read_session_id()
 
     # -- life cycle --------------------------------------------------------------------------
     def close(self) -> None:
         """Close the NWB file."""
         if getattr(self, "_file", None) is not None and self._file.id.valid:
             self._file.close()
+        if getattr(self, "remote", None) is not None:
+            self.remote.close()
 
     def __enter__(self) -> Session:
         return self
@@ -245,7 +268,7 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Session({self.session_id}, {self.path})"
+        return f"Session({self.session_id}, {self.where})"
 
     # -- metadata ----------------------------------------------------------------------------
     def _read_session_id(self) -> int:
@@ -256,12 +279,15 @@ class Session:
                 return int(text)
             except (TypeError, ValueError):
                 pass
-        stem = self.path.stem
+        stem = PurePosixPath(urlsplit(self.where).path).stem if self.remote else self.path.stem
         digits = stem.removeprefix("session_")
         if digits.isdigit():
             return int(digits)
+        ses = re.search(r"_ses-(\d+)", stem)  # DANDI: sub-<specimen>_ses-<session>.nwb
+        if ses:
+            return int(ses.group(1))
         raise MeireportError(
-            f"{self.path}: cannot tell the session id (identifier is not an integer, "
+            f"{self.where}: cannot tell the session id (identifier is not an integer, "
             "file is not named session_<id>.nwb); pass session_id"
         )
 
@@ -282,7 +308,7 @@ class Session:
     def channels(self) -> pd.DataFrame:
         """Electrodes table: ``ecephys_structure_acronym`` (NaN outside the brain), validity."""
         if _ELECTRODES not in self._file:
-            raise MeireportError(f"{self.path} has no electrodes table ({_ELECTRODES})")
+            raise MeireportError(f"{self.where} has no electrodes table ({_ELECTRODES})")
         grp = self._file[_ELECTRODES]
         cols = _table_columns(grp, skip={"group"})
         df = pd.DataFrame(cols, index=pd.Index(grp["id"][()].astype(np.int64), name="id"))
@@ -353,7 +379,7 @@ class Session:
     def stimulus_presentations(self) -> pd.DataFrame:
         """All presentations, numbered as AllenSDK numbers them (``stimulus_presentation_id``)."""
         if "intervals" not in self._file:
-            raise MeireportError(f"{self.path} has no intervals (stimulus tables)")
+            raise MeireportError(f"{self.where} has no intervals (stimulus tables)")
         frames = []
         for key, grp in self._file["intervals"].items():
             if not key.endswith("_presentations") or not isinstance(grp, h5py.Group):
@@ -363,7 +389,7 @@ class Session:
                 df["stimulus_name"] = key.removesuffix("_presentations")
             frames.append(df.replace({"N/A": ""}))
         if not frames:
-            raise MeireportError(f"{self.path} has no intervals/*_presentations tables")
+            raise MeireportError(f"{self.where} has no intervals/*_presentations tables")
         table = pd.concat(frames, ignore_index=True, sort=False)
         table = table.sort_values("start_time", kind="stable").reset_index(drop=True)
         table.index = table.index.astype(np.int64)
@@ -425,8 +451,19 @@ class Session:
     def stimulus_table(self, name: str) -> pd.DataFrame:
         """Presentations of one stimulus, with the columns that apply to it.
 
-        Empty columns are dropped, numeric text becomes float, ``duration`` is added.
+        Empty columns are dropped, numeric text becomes float, ``duration`` is added. The table
+        is built once per stimulus and a copy is returned, so callers may change it freely.
         """
+        cached = self._stimulus_tables.get(name)
+        if cached is None:
+            cached = self._stimulus_tables[name] = self._build_stimulus_table(name)
+        return cached.copy()
+
+    @cached_property
+    def _stimulus_tables(self) -> dict[str, pd.DataFrame]:
+        return {}
+
+    def _build_stimulus_table(self, name: str) -> pd.DataFrame:
         sp = self.stimulus_presentations
         if name not in set(sp["stimulus_name"]):
             raise MeireportError(
@@ -449,7 +486,8 @@ class Session:
         if self.templates_dir is None:
             raise MeireportError(
                 f"session {self.session_id} has no natural_scene_templates folder beside "
-                f"{self.path}; expected <cache>/natural_scene_templates/natural_scene_<k>.tiff"
+                f"{self.where}; expected <cache>/natural_scene_templates/natural_scene_<k>.tiff"
+                " (for a remote session: source.templates)"
             )
         f = template_path(self.templates_dir, k)
         if not f.is_file():
@@ -517,3 +555,58 @@ def open_session(
     """
     nwb, templates = resolve_session(path, session_id)
     return Session(nwb, templates, unit_filter, session_id)
+
+
+def open_remote(
+    url: str,
+    templates=None,
+    session_id: int | None = None,
+    unit_filter: UnitFilter | None = None,
+    timeout_s: float = 30.0,
+    cache_dir=None,
+    field: str = "source.url",
+) -> Session:
+    """Open an Allen-format NWB file over HTTP(S); only the bytes the reader touches are fetched.
+
+    Parameters
+    ----------
+    url : str
+        ``http(s)://`` address of the ``.nwb`` file (the server must honour ``Range`` requests,
+        as DANDI's S3 bucket does).
+    templates : path, optional
+        Folder of ``natural_scene_<k>.tiff`` (the session files do not hold the 118 images).
+    session_id : int, optional
+        Default: the file's identifier, else its name (``session_<id>`` or ``..._ses-<id>``).
+    unit_filter : UnitFilter, optional
+    timeout_s : float
+        Seconds to wait for the server before one error line.
+    cache_dir : path, optional
+        Folder of the on-disk byte-range cache (None: memory only; see
+        :func:`meireport.sources.remote.default_cache_dir`).
+    field : str
+        Params field named in network errors.
+
+    Returns
+    -------
+    Session
+        The same lazy, read-only session :func:`open_session` gives for a local file.
+
+    Examples
+    --------
+    >>> open_remote("ftp://example.org/session.nwb")
+    Traceback (most recent call last):
+    ...
+    meireport.errors.MeireportError: source.url: expected an http:// or https:// address, got 'ftp://example.org/session.nwb'
+    """
+    from meireport.sources.remote import RemoteFile
+
+    folder = None
+    if templates is not None:
+        folder = Path(templates).expanduser().resolve()
+        check_path(folder, "folder", "source.templates")
+    f = RemoteFile(url, timeout_s=timeout_s, cache_dir=cache_dir, field=field)
+    try:
+        return Session(f, folder, unit_filter, session_id)
+    except BaseException:
+        f.close()
+        raise
