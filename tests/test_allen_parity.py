@@ -399,6 +399,41 @@ def test_fetch_cli_parser_and_core_env_message(tmp_path, monkeypatch):
         fetch.fetch_session(-3, tmp_path)
 
 
+def test_templates_only_fetch_fails_in_one_line_offline_and_needs_no_network_when_complete(
+        sim, tmp_path, monkeypatch):
+    """``fetch --templates-only`` (for remote sources): no session, offline one line, no writes."""
+    import argparse
+    import shutil
+    import time
+
+    from meireport.errors import MeireportError
+    from meireport.sources import fetch
+
+    t0 = time.perf_counter()
+    with pytest.raises(MeireportError) as e:
+        fetch.fetch_templates(tmp_path / "c", timeout_s=2.0, host="127.0.0.1",
+                              port=_closed_port(), log=None)
+    msg = str(e.value)
+    assert time.perf_counter() - t0 < 5
+    assert "\n" not in msg and msg.startswith("fetch: cannot reach")
+    assert msg.endswith(f"118 of 118 natural scene templates missing in "
+                        f"{tmp_path / 'c' / 'natural_scene_templates'}")
+    assert not (tmp_path / "c").exists()
+    # a folder that holds them all: nothing fetched, no network touched
+    full = tmp_path / "full"
+    shutil.copytree(sim.templates_dir, full / "natural_scene_templates")
+    monkeypatch.setattr(fetch, "check_warehouse", lambda *a, **k: pytest.fail("network used"))
+    n = len(list(sim.templates_dir.glob("natural_scene_*.tiff")))
+    assert fetch.fetch_templates(full, n_scenes=n, log=None) == []
+    p = argparse.ArgumentParser(prog="meireport")
+    fetch.add_fetch_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["fetch", "--templates-only", "--cache", str(tmp_path / "x")])
+    assert args.templates_only and args.session is None
+    no_session = p.parse_args(["fetch", "--cache", str(tmp_path / "x")])
+    with pytest.raises(MeireportError, match=r"^fetch: --session is required"):
+        no_session.func(no_session)
+
+
 def test_complete_cache_needs_no_network(sim, tmp_path, monkeypatch):
     """Offline use: a cache holding the session works for our reader and for fetch, no network."""
     import socket

@@ -243,9 +243,10 @@ class _LibrarySection(_Section):
 class SourceParams(_Section):
     """Where the session comes from."""
 
-    kind: Literal["simulated", "allen_cache", "nwb"] = Field(
+    kind: Literal["simulated", "allen_cache", "nwb", "url", "dandi"] = Field(
         description="simulated: the embedded simulator; allen_cache: an AllenSDK cache folder; "
-        "nwb: one Allen-format .nwb file"
+        "nwb: one Allen-format .nwb file; url: one .nwb file over HTTP(S), read by byte "
+        "ranges; dandi: Visual Coding sessions streamed from the DANDI archive"
     )
     path: Path | None = Field(
         None,
@@ -253,13 +254,30 @@ class SourceParams(_Section):
         "written (default: <run dir>/cache)",
     )
     session_ids: list[int] | None = Field(
-        None, description="sessions to report (default: the only one in the cache / the file)"
+        None, description="sessions to report (default: the only one in the cache / the file; "
+        "required for dandi)"
     )
     seed: int = Field(0, description="simulated only: seed of units and spikes")
     n_images: int = Field(118, ge=2, description="simulated only: natural images")
     n_repeats: int = Field(50, ge=1, description="simulated only: repeats per image")
+    scale: Literal["default", "full"] = Field(
+        "default", description="simulated only: default (112 units, 3 stimuli) or full (a real "
+        "session's shape and size: ~800 units in 11 structures, every stimulus, ~2.5 h)")
+    url: str | None = Field(None, description="url only: http(s):// address of the .nwb file")
+    dandiset: str = Field("000021", description="dandi only: dandiset id (000021: Visual Coding Neuropixels)")
+    version: str | None = Field(
+        None, description="dandi only: dandiset version (default: the most recent published)")
+    templates: Path | None = Field(
+        None, description="folder of natural_scene_<k>.tiff (url and dandi: required, the "
+        "session files do not hold the 118 images; e.g. an AllenSDK cache's "
+        "natural_scene_templates/)")
+    cache_dir: Path | None = Field(
+        None, description="url and dandi: byte-range cache folder (default: "
+        "$MEIREPORT_CACHE/http, else ~/.cache/meireport/http)")
+    timeout_s: float = Field(30.0, gt=0, description="url and dandi: seconds to wait for the "
+                             "server before one error line")
 
-    @field_validator("path", mode="before")
+    @field_validator("path", "templates", "cache_dir", mode="before")
     @classmethod
     def _path_text(cls, v: Any) -> Any:
         if isinstance(v, str) and not v.strip():
@@ -268,10 +286,39 @@ class SourceParams(_Section):
             raise ValueError(f"expected a path, got {v!r} (holds a NUL character)")
         return v
 
+    @field_validator("dandiset", mode="before")
+    @classmethod
+    def _dandiset(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"expected a 6-digit id in quotes, e.g. '000021' (YAML reads an "
+                             f"unquoted 000021 as the number 17), got {v!r}")
+        if not (isinstance(v, str) and re.fullmatch(r"\d{6}", v)):
+            raise ValueError(f"expected a 6-digit dandiset id such as '000021', got {v!r}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"expected an http:// or https:// address, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _path_needed(self) -> SourceParams:
-        if self.kind != "simulated" and self.path is None:
+        if self.kind in ("allen_cache", "nwb") and self.path is None:
             raise ValueError(f"path is required for kind '{self.kind}'")
+        if self.kind == "url" and self.url is None:
+            raise ValueError("url is required for kind 'url'")
+        if self.kind == "dandi" and not self.session_ids:
+            raise ValueError("session_ids is required for kind 'dandi' (the Visual Coding "
+                             "session ids to stream, e.g. [798911424])")
+        if self.kind in ("url", "dandi") and self.path is not None:
+            raise ValueError(f"path is not used by kind '{self.kind}' (url / dandiset say where "
+                             "the file is; templates says where the images are)")
         return self
 
 
@@ -676,12 +723,11 @@ def parse_params(data: dict, base_dir: Path | None = None) -> Params:
         p = Params.model_validate(data)
     except ValidationError as e:
         raise MeireportError(_lines(e)) from None
-    if p.source.path is not None:  # absolute: a notebook's working folder is not this one
-        path = p.source.path.expanduser()
-        if not path.is_absolute():
-            path = Path(base_dir if base_dir is not None else Path.cwd()) / path
-        src = p.source.model_copy(update={"path": path.resolve()})
-        p = p.model_copy(update={"source": src})
+    # absolute: a notebook's working folder is not this one
+    paths = {k: _absolute(getattr(p.source, k), base_dir)
+             for k in ("path", "templates", "cache_dir") if getattr(p.source, k) is not None}
+    if paths:
+        p = p.model_copy(update={"source": p.source.model_copy(update=paths)})
     if p.run.cache is not None:
         run = p.run.model_copy(update={"cache": _absolute(p.run.cache, base_dir)})
         p = p.model_copy(update={"run": run})

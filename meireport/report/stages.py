@@ -796,8 +796,10 @@ def extract_stage(session, out_dir, area: str | None = "VISam", window=(0.0, 0.2
         contrast=g.table["contrast"].map(parse_pair).to_numpy(dtype=float),
     )
     units = session.units.loc[ids].copy()
-    truth_path = session.path.parent / "ground_truth.npz"
-    if truth_path.is_file():
+    truth_path = session.path.parent / "ground_truth.npz" if session.path else None
+    if truth_path is not None and not truth_path.is_file():
+        truth_path = None
+    if truth_path is not None:
         from meireport.sources.simulate import load_ground_truth
 
         truth = load_ground_truth(truth_path)
@@ -805,12 +807,13 @@ def extract_stage(session, out_dir, area: str | None = "VISam", window=(0.0, 0.2
     save_csv(out / "units.csv", units)
     info = {
         # paths relative to the session folder: a moved run folder keeps identical artifacts
-        "session_id": int(session.session_id), "nwb": os.path.relpath(session.path, out),
+        "session_id": int(session.session_id),
+        "nwb": os.path.relpath(session.path, out) if session.path else session.where,
         "area": area,
         "window": list(win), "n_units": int(len(ids)), "n_images": int(len(trials.image_ids)),
         "n_repeats": int(trials.data.shape[2]) if trials.data.size else 0,
         "geometry": session.geometry.to_dict(),
-        "ground_truth": os.path.relpath(truth_path, out) if truth_path.is_file() else None,
+        "ground_truth": os.path.relpath(truth_path, out) if truth_path else None,
         "areas": session.areas,
     }
     save_json(out / "session.json", info)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meireport.errors import MeireportError
-from meireport.sources.cache import TEMPLATES_DIRNAME
+from meireport.sources.cache import TEMPLATES_DIRNAME, template_path
 
 __all__ = [
     "ALLEN_TABLES",
@@ -328,7 +328,81 @@ def fetch_session(
     return after
 
 
+def fetch_templates(
+    cache_dir,
+    timeout_s: float = 10.0,
+    *,
+    download_timeout_s: float = 1200.0,
+    n_scenes: int = N_SCENES,
+    host: str = WAREHOUSE_HOST,
+    port: int = WAREHOUSE_PORT,
+    log=print,
+) -> list[Path]:
+    """Download only the natural-scene templates (~118 small TIFFs), not any session's NWB file.
+
+    For a session read remotely (``source.kind: url`` or ``dandi``): the DANDI session files hold
+    the ``natural_scenes`` table but not the images; point ``source.templates`` at the folder
+    this fills, ``<cache_dir>/natural_scene_templates``.
+
+    Parameters
+    ----------
+    cache_dir : str or Path
+        AllenSDK cache folder (created; ``manifest.json`` is written there).
+    timeout_s, download_timeout_s, n_scenes, host, port, log
+        As :func:`fetch_session`.
+
+    Returns
+    -------
+    list of Path
+        The templates downloaded (empty when all were there: no network is used).
+
+    Raises
+    ------
+    MeireportError
+        allensdk is missing (the core env), the warehouse is unreachable (naming how many
+        templates are still missing), or a download failed.
+    """
+    say = log or (lambda _msg: None)
+    folder = Path(cache_dir).expanduser().resolve() / TEMPLATES_DIRNAME
+    missing = [k for k in range(n_scenes) if not template_path(folder, k).is_file()]
+    if not missing:
+        say(f"natural scene templates: {n_scenes} present in {folder}; nothing to fetch")
+        return []
+    if not _allensdk_available():
+        raise MeireportError(NEEDS_ALLEN_ENV)
+    lacking = f"{len(missing)} of {n_scenes} natural scene templates missing in {folder}"
+    try:
+        check_warehouse(timeout_s, host, port)
+    except MeireportError as e:
+        raise MeireportError(f"{e}; {lacking}") from None
+
+    from allensdk.brain_observatory.ecephys.ecephys_project_cache import EcephysProjectCache
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    got: list[Path] = []
+    k = missing[0]
+    try:
+        cache = EcephysProjectCache.from_warehouse(
+            manifest=str(folder.parent / MANIFEST), timeout=int(download_timeout_s))
+        say(f"fetching {len(missing)} natural scene templates")
+        for k in missing:
+            cache.get_natural_scene_template(k)
+            got.append(template_path(folder, k))
+    except Exception as e:  # any AllenSDK or network failure becomes one line
+        raise MeireportError(f"fetch: AllenSDK failed on natural scene template {k}: "
+                             f"{_one_line(e)}; {lacking}") from None
+    return got
+
+
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    if args.templates_only:
+        got = fetch_templates(args.cache, timeout_s=args.timeout,
+                              download_timeout_s=min(args.download_timeout, 1200.0))
+        print(f"templates: {Path(args.cache).expanduser().resolve() / TEMPLATES_DIRNAME} "
+              f"(fetched {len(got)}); set source.templates to this folder")
+        return 0
+    if args.session is None:
+        raise MeireportError("fetch: --session is required (or --templates-only)")
     status = fetch_session(
         args.session,
         args.cache,
@@ -368,7 +442,11 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
         help="download a real Allen session into an AllenSDK cache (needs `nox -s allen`'s env)",
         description=__doc__.splitlines()[0],
     )
-    f.add_argument("--session", type=int, required=True, help="ecephys_session_id, e.g. 798911424")
+    f.add_argument("--session", type=int, help="ecephys_session_id, e.g. 798911424 (required "
+                   "unless --templates-only)")
+    f.add_argument("--templates-only", action="store_true",
+                   help="download only the 118 natural-scene images (for source.kind url / "
+                        "dandi: source.templates), no session file")
     f.add_argument("--cache", required=True, help="AllenSDK cache folder (manifest.json goes here)")
     f.add_argument(
         "--timeout",
