@@ -264,7 +264,8 @@ class SourceParams(_Section):
         "default", description="simulated only: default (112 units, 3 stimuli) or full (a real "
         "session's shape and size: ~800 units in 11 structures, every stimulus, ~2.5 h)")
     url: str | None = Field(None, description="url only: http(s):// address of the .nwb file")
-    dandiset: str = Field("000021", description="dandi only: dandiset id (000021: Visual Coding Neuropixels)")
+    dandiset: str = Field(
+        "000021", description="dandi only: dandiset id (000021: Visual Coding Neuropixels)")
     version: str | None = Field(
         None, description="dandi only: dandiset version (default: the most recent published)")
     templates: Path | None = Field(

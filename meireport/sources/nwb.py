@@ -578,6 +578,7 @@ def open_remote(
     session_id : int, optional
         Default: the file's identifier, else its name (``session_<id>`` or ``..._ses-<id>``).
     unit_filter : UnitFilter, optional
+        Unit quality criteria; AllenSDK's defaults when omitted.
     timeout_s : float
         Seconds to wait for the server before one error line.
     cache_dir : path, optional

@@ -24,7 +24,6 @@ import http.client
 import io
 import json
 import os
-import socket
 import ssl
 import tempfile
 from collections import OrderedDict
@@ -47,7 +46,7 @@ class _Dropped(Exception):
 
 
 def default_cache_dir() -> Path:
-    """The byte-range cache: ``http/`` in the shared cache folder (:func:`meireport.store.cache_root`).
+    """The byte-range cache: ``http/`` in the shared cache (:func:`meireport.store.cache_root`).
 
     That is ``$MEIREPORT_CACHE/http`` if the variable is set, else
     ``$XDG_CACHE_HOME/meireport/http`` or ``~/.cache/meireport/http``.
@@ -142,20 +141,25 @@ class RemoteFile(io.RawIOBase):
 
     # -- io.RawIOBase ------------------------------------------------------------------------
     def readable(self) -> bool:
+        """Always True."""
         return True
 
     def seekable(self) -> bool:
+        """Always True."""
         return True
 
     def tell(self) -> int:
+        """The read position."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the read position; returns it."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + int(offset))
         return self._pos
 
     def readinto(self, buffer) -> int:
+        """Read into ``buffer`` from the position; returns the byte count."""
         view = memoryview(buffer).cast("B")
         n = min(len(view), max(0, self.size - self._pos))
         if n == 0:
@@ -166,6 +170,7 @@ class RemoteFile(io.RawIOBase):
         return n
 
     def close(self) -> None:
+        """Close the connection and drop the in-memory blocks."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -302,7 +307,7 @@ class RemoteFile(io.RawIOBase):
                 if attempt == _RETRIES:
                     self._fail(f"closed the connection {attempt + 1} times while sending bytes "
                                f"{start}-{stop - 1} ({e})")
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self._drop_connection()
                 self._fail(f"did not answer within {self.timeout_s:g} s (bytes {start}-{stop - 1})"
                            "; is the server up? (source.timeout_s sets the wait)")
