@@ -145,6 +145,10 @@ def ensure_source(source: dict, run_dir, progress: bool = True,
     _check_location(source, where)
     ids = source.get("session_ids")
     if source["kind"] == "simulated":
+        if source.get("scale", "default") != "default":
+            raise MeireportError("source.scale: 'full' is not available in this release yet "
+                                 "(the real-scale simulated session is being built); use "
+                                 "'default'")
         for sid in ids or [DEFAULT_SESSION_ID]:
             simulate_session(where, seed=source.get("seed", 0), session_id=sid,
                              n_images=source.get("n_images", 118),
