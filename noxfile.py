@@ -19,8 +19,22 @@ def tests(session: nox.Session) -> None:
     """Install the package with test extras (torch pinned) and run pytest."""
     session.install(*CONSTRAINTS, "-e", ".[test]")
     # `allen` tests need AllenSDK's env (`nox -s allen`); `wheel` tests have `nox -s wheel`
-    args = session.posargs or ["-m", "not allen and not wheel and not slurm and not gpu"]
+    args = session.posargs or [
+        "-m", "not allen and not wheel and not slurm and not gpu and not scale"]
     session.run("pytest", *args, env={"MPLBACKEND": "Agg"})
+
+
+@nox.session
+def scale(session: nox.Session) -> None:
+    """The full-scale simulated session: written once (~30 s, ~1.1 GB), then read and checked.
+
+    tests/test_fullscale.py: its shape (units, areas, every Brain Observatory 1.1 table and its
+    counts, spikes, duration, the unused dataset), our reader's counts against h5py, the ground
+    truth in the counts, ``meireport simulate --scale full`` and ``source.scale: full``.
+    """
+    session.install(*CONSTRAINTS, "-e", ".[test]")
+    session.run("pytest", "-m", "scale", "tests/test_fullscale.py", *session.posargs,
+                env={"MPLBACKEND": "Agg"})
 
 
 @nox.session

@@ -45,16 +45,30 @@ _EXIT_HELP = """exit status: 0 ok; 1 internal error; 2 bad input (nothing ran); 
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from meireport.sources import simulate_session
+    from meireport.sources import DEFAULT_SESSION_ID, simulate_session
 
-    out = simulate_session(
-        args.out,
-        seed=args.seed,
-        session_id=args.session_id,
-        n_images=args.n_images,
-        n_repeats=args.n_repeats,
-        progress=not args.quiet,
-    )
+    if args.scale == "full":
+        from meireport.sources.fullscale import FULL_SESSION_ID, simulate_full_session
+
+        for flag, value in (("--n-images", args.n_images), ("--n-repeats", args.n_repeats)):
+            if value is not None:
+                raise MeireportError(f"{flag}: not used with --scale full (its natural scenes "
+                                     "are a real session's: 118 images x 50 repeats)")
+        out = simulate_full_session(
+            args.out,
+            seed=args.seed,
+            session_id=FULL_SESSION_ID if args.session_id is None else args.session_id,
+            progress=not args.quiet,
+        )
+    else:
+        out = simulate_session(
+            args.out,
+            seed=args.seed,
+            session_id=DEFAULT_SESSION_ID if args.session_id is None else args.session_id,
+            n_images=118 if args.n_images is None else args.n_images,
+            n_repeats=50 if args.n_repeats is None else args.n_repeats,
+            progress=not args.quiet,
+        )
     verb = "reused (same settings)" if out.reused else f"written in {out.seconds:.1f} s"
     print(f"simulated session {out.session_id} {verb}")
     print(f"  NWB:          {out.nwb_path}")
@@ -224,9 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                          parents=[common])
     sim.add_argument("--out", required=True, help="cache folder to write into")
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--session-id", type=int, default=700000001)
-    sim.add_argument("--n-images", type=int, default=118)
-    sim.add_argument("--n-repeats", type=int, default=50)
+    sim.add_argument("--scale", choices=("default", "full"), default="default",
+                     help="default: 112 units, 3 stimuli (seconds); full: a real Brain "
+                     "Observatory 1.1 session's shape and size (~800 units in 11 structures, "
+                     "every stimulus, ~2.5 h, ~1.1 GB; about half a minute)")
+    sim.add_argument("--session-id", type=int, default=None,
+                     help="default 700000001 (--scale full: 700000800)")
+    sim.add_argument("--n-images", type=int, default=None, help="default 118 (not with full)")
+    sim.add_argument("--n-repeats", type=int, default=None, help="default 50 (not with full)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_cmd_simulate)
 

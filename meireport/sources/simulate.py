@@ -37,6 +37,8 @@ from meireport.stimuli import ScreenGeometry, prepare_image, render_gabor
 
 __all__ = [
     "simulate_session",
+    "draw_units",
+    "write_templates",
     "SimulatedSession",
     "GroundTruth",
     "load_ground_truth",
@@ -1047,6 +1049,69 @@ def _write_templates(templates: np.ndarray, folder: Path) -> None:
         tmp = f.with_name(f".{f.name}.tmp")
         tifffile.imwrite(tmp, img)
         os.replace(tmp, f)
+
+
+def draw_units(
+    rng: np.random.Generator,
+    population: dict[str, tuple[int, ...]],
+    session_id: int,
+    geometry: ScreenGeometry,
+    images_model: np.ndarray,
+) -> tuple[GroundTruth, np.ndarray]:
+    """Draw units as :func:`simulate_session` does, with their rates for its stimuli.
+
+    For simulators built on this one's cell types (:mod:`meireport.sources.fullscale`): the units
+    of ``population`` get receptive fields, baselines and latencies, and gains calibrated on
+    ``images_model`` (the 99th-percentile image drives a tuned unit to its peak rate).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of every draw (units, then gains).
+    population : dict
+        ``area -> counts`` as :func:`simulate_session`'s ``population``.
+    session_id : int
+        The session the units belong to.
+    geometry : ScreenGeometry
+        Degree -> model pixel mapping of the receptive fields.
+    images_model : ndarray
+        ``n x rows x cols`` natural images in model space.
+
+    Returns
+    -------
+    truth : GroundTruth
+    rates : ndarray
+        ``units x (1 + n + 243)`` expected rates (spikes/s): the blank (mean grey), each image,
+        then each gabor condition (:data:`GABOR_ORIENTATIONS` x :data:`GABOR_POSITIONS` x
+        :data:`GABOR_POSITIONS`, nested in that order) averaged over its drift phases.
+
+    Examples
+    --------
+    >>> geom = ScreenGeometry()
+    >>> imgs = np.stack([prepare_image(t, geom.shape) for t in natural_images(4)])
+    >>> truth, rates = draw_units(np.random.default_rng(0), {"VISp": (1, 1, 1, 0)}, 1, geom, imgs)
+    >>> rates.shape
+    (3, 248)
+    """
+    truth = _make_truth(rng, geometry, population, session_id)
+    _calibrate_gain(truth, images_model, rng)
+    return truth, _condition_rates(truth, images_model)
+
+
+def write_templates(templates: np.ndarray, folder) -> None:
+    """Write ``natural_scene_<k>.tiff`` templates into ``folder`` as :func:`simulate_session` does.
+
+    Missing ones are added; if an existing one differs, nothing is written (one error line).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_templates(natural_images(2), folder)
+    >>> sorted(f.name for f in folder.iterdir())
+    ['natural_scene_0.tiff', 'natural_scene_1.tiff']
+    """
+    _write_templates(np.asarray(templates), Path(folder))
 
 
 def simulate_session(
