@@ -3,7 +3,9 @@
 ``nox -s bench`` runs this in its own env (and builds AllenSDK's env first when it is missing).
 Directly: ``python -m bench.run_all [--only spikes,oracle] [--skip scaling] [--quick]``.
 
-Sections, in order: ``data`` (the seed-sized session), ``spikes``, ``oracle``, ``models``
+Sections, in order: ``data`` (the seed-sized session), ``spikes``, ``reader`` (the reader on a
+full-scale session, ``bench_reader.py``), ``remote`` (bytes fetched over loopback HTTP from
+that session, ``bench_remote.py``), ``oracle``, ``models``
 (the training/MEI scripts of the other issues), ``report`` (tiny report cold / rebuild / MEI
 changed, papermill overhead), ``scaling``, ``engine`` (issue #14's targets against the
 previous engine, commit 8ae6a11, run from a git worktree). A failing section is recorded and the
@@ -27,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/run_all.py`
 from bench.common import RESULTS_JSON, WORK_DIR, Results, log, machine_info  # noqa: E402
 
 # scaling and engine adapt to the budget; engine comes last (it extrapolates scaling's fit)
-SECTIONS = ("spikes", "oracle", "models", "report", "scaling", "engine")
+SECTIONS = ("spikes", "reader", "remote", "oracle", "models", "report", "scaling", "engine")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,6 +120,15 @@ def _run(name: str, res: Results, data: dict | None, args: argparse.Namespace,
         from bench import bench_spikes
 
         bench_spikes.run_section(res, data, n_cold=2 if args.quick else 3)
+    elif name == "reader":
+        from bench import bench_reader
+
+        bench_reader.run_section(res, n_cold=1 if args.quick else 3,
+                                 n_cold_allen=1 if args.quick else 2)
+    elif name == "remote":
+        from bench import bench_remote
+
+        bench_remote.run_section(res)
     elif name == "oracle":
         from bench import bench_oracle
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNITS = [11, 12, 13]
 #: Seconds each stand-in stage takes; unit 13 trains slowly.
 COST = {"extract": 0.2, "select": 0.2, "train": 0.6, "mei": 0.3, "gabor": 0.3, "summary": 0.1,
-        "limits": 0.1}
+        "limits": 0.1, "across": 0.1}
 
 
 def _fake_execute(task, kernel=None):
@@ -86,7 +86,8 @@ def test_graph_starts_each_task_when_its_inputs_are_done(fake_run):
     r = _by_id(res)
     sid = 700000001
     assert all(x.status == "ok" for x in res.results), [(x.task_id, x.error) for x in res.failed]
-    assert len(res.results) == 2 + 3 * len(UNITS) + 1 + 2 + 1  # session, neurons, summary, study
+    # session, neurons, summary, study (2 pieces + chapter), the run-level summary
+    assert len(res.results) == 2 + 3 * len(UNITS) + 1 + 2 + 1 + 1
     for u in UNITS:  # each neuron's own chain in order
         t, m, g = (r[f"{sid}/{u}/{s}"] for s in ("train", "mei", "gabor"))
         assert r[f"{sid}/-/select"].ended <= t.started and t.ended <= m.started <= g.started
@@ -101,6 +102,8 @@ def test_graph_starts_each_task_when_its_inputs_are_done(fake_run):
     summary = r[f"{sid}/-/summary"]
     assert summary.started >= max(x.ended for x in res.results if x.session_id == sid
                                   and x.stage != "summary")
+    # the run-level summary across sessions waits for every session's summary
+    assert r["-1/-/across"].started >= summary.ended
     # both workers were busy most of the time
     span = max(x.ended for x in res.results) - min(x.started for x in res.results)
     busy = sum(x.ended - x.started for x in res.results)

@@ -111,6 +111,7 @@ def plot_selection(
     x: str = "variance",
     y: str = "oracle_corr",
     thresholds: Mapping[str, float] | None = None,
+    area: str = "",
 ) -> Figure:
     """Oracle correlation vs response variance, selected units highlighted, thresholds drawn.
 
@@ -122,6 +123,8 @@ def plot_selection(
         Metric columns; default the seed's variance (x) and oracle correlation (y).
     thresholds : Mapping[str, float], optional
         Default ``selection.attrs["thresholds"]`` as written by ``select_units``.
+    area : str, optional
+        The area these units are of (named in the title), when the rule was applied per area.
 
     Returns
     -------
@@ -140,14 +143,14 @@ def plot_selection(
     if thresholds is None:
         thresholds = selection.attrs.get("thresholds", {})
     n_sel = int(selection["selected"].sum())
-    title = f"Selection: {n_sel} of {len(selection)} units"
+    title = f"{area + ' — ' if area else ''}Selection: {n_sel} of {len(selection)} units"
     return plot_metric_scatter(selection, x, y, colour_by="selected", thresholds=thresholds,
                                title=title)
 
 
 def plot_oracle_distribution(
     table: pd.DataFrame, column: str = "oracle_corr", threshold: float | None = None,
-    bins: int = 30,
+    bins: int = 30, area: str = "",
 ) -> Figure:
     """Histogram of a metric over units (default the oracle) with its threshold drawn.
 
@@ -161,6 +164,8 @@ def plot_oracle_distribution(
         Vertical line; default ``table.attrs["thresholds"][column]`` when present.
     bins : int, default 30
         Number of histogram bins.
+    area : str, optional
+        The area these units are of (named in the title).
 
     Returns
     -------
@@ -186,7 +191,9 @@ def plot_oracle_distribution(
         ax.legend(frameon=False)
     ax.set_xlabel(_label(column))
     ax.set_ylabel("Units (count)")
-    ax.set_title(f"Distribution of {column} (n={len(values)}, {len(table) - len(values)} NaN)")
+    where = f"{area}: " if area else ""
+    ax.set_title(f"{where}Distribution of {column} (n={len(values)}, "
+                 f"{len(table) - len(values)} NaN)")
     return fig
 
 

@@ -19,7 +19,8 @@ from meireport.plots._style import (
 )
 from meireport.trust import Trust
 
-__all__ = ["KEY_COLUMNS", "key_columns_first", "plot_summary", "style_summary", "trust_panel"]
+__all__ = ["AREA_PANELS", "KEY_COLUMNS", "key_columns_first", "plot_area_comparison",
+           "plot_summary", "style_summary", "trust_panel"]
 
 _TINTS = {"high": "#e8f5e9", "medium": "#fff3e0", "low": "#ffebee"}
 _CRITERION_NAMES = {
@@ -90,6 +91,133 @@ def plot_summary(summary: pd.DataFrame) -> Figure:
     ax.set_ylabel("neurons (count)")
     ax.set_title("pipeline status")
     return fig
+
+
+#: Panels of :func:`plot_area_comparison`: (table, column, y label, title, reference line or
+#: None); table ``units`` is every analysed unit (``selection.csv``), ``reported`` the
+#: reported neurons (``summary.csv``).
+AREA_PANELS = (
+    ("units", "oracle_corr", "oracle correlation (r)", "reliability, every analysed unit", None),
+    ("reported", "test_corr", "test correlation (r)", "CNN vs held-out image means", None),
+    ("reported", "frac_oracle", "frac_oracle (ratio)", "CNN single-trial r / oracle r", 1.0),
+    ("reported", "mei_gabor_ratio", "MEI / best Gabor (ratio)", "predicted response", 1.0),
+    ("reported", "mei_gabor_true_ratio", "MEI / best Gabor (ratio)", "true rate (simulated)",
+     1.0),
+    ("reported", "mei_peak_sf_cpd", "peak spatial frequency (cycles/deg)", "MEI", None),
+)
+_SESSION_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+
+
+def _values(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Rows of ``table`` with a finite ``column``: session_id, area, value, trust."""
+    if column not in table or not len(table):
+        return pd.DataFrame(columns=["session_id", "area", "value", "trust"])
+    v = pd.to_numeric(table[column], errors="coerce")
+    d = pd.DataFrame({"session_id": table["session_id"], "area": table["area"].astype(str),
+                      "value": v,
+                      "trust": table["trust"] if "trust" in table else None})
+    return d[np.isfinite(d["value"].astype(float))]
+
+
+def _area_panel(ax, d: pd.DataFrame, areas: list[str], sessions: list, labels: tuple[str, str],
+                ref: float | None, by_trust: bool) -> None:
+    """Box and jittered points per area: marker by session, colour by trust (or grey)."""
+    rng = np.random.default_rng(0)
+    pos = {a: i for i, a in enumerate(areas)}
+    groups = [d.loc[d["area"] == a, "value"].astype(float).to_numpy() for a in areas]
+    filled = [i for i, g in enumerate(groups) if len(g)]
+    ax.boxplot([groups[i] for i in filled], positions=filled, widths=0.5, showfliers=False,
+               medianprops={"color": "k"}, boxprops={"color": "0.4"},
+               whiskerprops={"color": "0.4"}, capprops={"color": "0.4"})
+    for k, sid in enumerate(sessions):
+        mine = d[d["session_id"] == sid]
+        if not len(mine):
+            continue
+        x = mine["area"].map(pos).to_numpy(dtype=float) + rng.uniform(-0.15, 0.15, len(mine))
+        colours = ([trust_colour(t) for t in mine["trust"]] if by_trust
+                   else [UNKNOWN_COLOUR] * len(mine))
+        ax.scatter(x, mine["value"].astype(float), s=22, c=colours, alpha=0.8, zorder=3,
+                   marker=_SESSION_MARKERS[k % len(_SESSION_MARKERS)])
+    if ref is not None:
+        ax.axhline(ref, color="gray", lw=0.8, ls="--")
+    counts = [len(g) for g in groups]
+    ax.set_xticks(range(len(areas)), [f"{a or '?'}\n(n={n})" for a, n in zip(areas, counts,
+                                                                              strict=True)])
+    ax.set_xlim(-0.6, len(areas) - 0.4)
+    ax.set_xlabel("area (n = neurons with a value)")
+    ax.set_ylabel(labels[0])
+    ax.set_title(labels[1], fontsize="small")
+
+
+def plot_area_comparison(units: pd.DataFrame, reported: pd.DataFrame) -> Figure:
+    """Per-area distributions across the run's sessions (:data:`AREA_PANELS`; empty ones skipped).
+
+    One box per area (sessions pooled) with every neuron as a point: its marker is its
+    session, its colour its trust label (high green, medium orange, low red, unassessed grey;
+    grey for the all-units oracle panel). Dashed lines mark 1 where a ratio of 1 means "as
+    good as the ceiling" or "MEI and Gabor drive the neuron equally".
+
+    Parameters
+    ----------
+    units : pandas.DataFrame
+        Every analysed unit: ``session_id``, ``area``, ``oracle_corr`` (the stacked
+        ``selection.csv`` of :func:`meireport.report.summary.run_tables`).
+    reported : pandas.DataFrame
+        The reported neurons: ``session_id``, ``area``, ``trust`` and the panels' columns (the
+        stacked ``summary.csv`` with its ratios).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> units = pd.DataFrame({"session_id": [1, 1, 2], "area": ["VISp", "VISam", "VISp"],
+    ...                       "oracle_corr": [0.3, 0.5, 0.4]})
+    >>> rep = pd.DataFrame({"session_id": [1], "area": ["VISp"], "test_corr": [0.2],
+    ...                     "trust": ["high"]})
+    >>> fig = plot_area_comparison(units, rep)
+    >>> [ax.get_ylabel() for ax in fig.axes]
+    ['oracle correlation (r)', 'test correlation (r)']
+    """
+    tables = {"units": units, "reported": reported}
+    areas = sorted({str(a) for t in tables.values() if "area" in t for a in t["area"]})
+    sessions = sorted({int(x) for t in tables.values() if "session_id" in t
+                       for x in t["session_id"]})
+    panels = [(which, _values(tables[which], col), (label, title), ref)
+              for which, col, label, title, ref in AREA_PANELS]
+    panels = [p for p in panels if len(p[1])]
+    if not panels:
+        fig = Figure(figsize=(5.0, 2.0), layout="constrained")
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no unit to compare", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    ncols = min(len(panels), 2)
+    nrows = -(-len(panels) // ncols)
+    width = max(5.0, 1.0 + 0.9 * len(areas))
+    fig = Figure(figsize=(width * ncols, 3.8 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.remove()
+    for ax, (which, d, labels, ref) in zip(axes, panels, strict=False):
+        _area_panel(ax, d, areas, sessions, labels, ref, by_trust=which == "reported")
+    fig.legend(handles=_legend(sessions), loc="outside lower center", ncols=6, fontsize=7,
+               frameon=False)
+    return fig
+
+
+def _legend(sessions: list) -> list:
+    """Legend handles: one grey marker per session, one colour per trust label."""
+    from matplotlib.lines import Line2D
+
+    def handle(label: str, marker: str = "o", colour: str = "0.45") -> Line2D:
+        return Line2D([], [], ls="", marker=marker, color=colour, label=label)
+
+    out = [handle(f"session {sid}", _SESSION_MARKERS[k % len(_SESSION_MARKERS)])
+           for k, sid in enumerate(sessions)]
+    out += [handle(f"trust {t}", colour=c) for t, c in TRUST_COLOURS.items()]
+    return out + [handle("not assessed / all units", colour=UNKNOWN_COLOUR)]
 
 
 #: Columns the summary table shows first (the rest follow in their order; reasons last).

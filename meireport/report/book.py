@@ -41,7 +41,7 @@ _HIDDEN_TAGS = {"injected-parameters", "parameters"}
 _STAGE_TITLES = {
     "extract": "Extraction", "select": "Neuron selection", "train": "Model training",
     "mei": "Most exciting input", "gabor": "MEI vs Gabor", "summary": "Session summary",
-    "limits": "What 118 images can tell",
+    "limits": "What 118 images can tell", "across": "Across sessions and areas",
 }
 
 
@@ -139,7 +139,7 @@ def task_page(r: dict) -> str:
     sid, uid, st = r["session_id"], r["unit_id"], r["stage"]
     stem = Path(r["notebook"]).stem if _shows_notebook(r) else None
     if sid == RUN_LEVEL_ID:
-        return f"limits/{stem or st + '_failed'}"
+        return f"{st}/{stem or st + '_failed'}"
     if uid is None:
         return f"sessions/{sid}/{stem or st + '_failed'}"
     return f"sessions/{sid}/units/{uid}/{stem or 'failed'}"
@@ -217,14 +217,17 @@ def _session_entries(src: Path, sid: int, results: list[dict], run_dir: Path,
     return {"caption": f"Session {sid}", "chapters": chapters}
 
 
-def _run_level_entries(src: Path, results: list[dict]) -> list[dict]:
-    """Chapters of the run-level stages (the data-limit chapter), or their failure pages."""
+def _run_level_entries(src: Path, results: list[dict], stages: tuple[str, ...]) -> list[dict]:
+    """Chapters of the run-level ``stages``, or their failure pages.
+
+    The data-limit chapter (``limits``), the run-level summary (``across``).
+    """
     chapters = []
     for r in results:
         # the chapter's notebook task; its pieces (call tasks: ``limits/n118/sim``...) have none
         own = f"{RUN_LEVEL_ID}/-/{r['stage']}"
-        if r["stage"] not in _STAGE_TITLES or r["session_id"] != RUN_LEVEL_ID \
-                or r.get("task_id", own) != own:
+        if r["stage"] not in stages or r["stage"] not in _STAGE_TITLES \
+                or r["session_id"] != RUN_LEVEL_ID or r.get("task_id", own) != own:
             continue
         rel = task_page(r)
         if _shows_notebook(r):
@@ -265,8 +268,10 @@ def _write_source(src: Path, run_dir: Path, run: dict | None = None) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dst)
     extra = _performance_page(src, run_dir)
-    parts = [{"caption": "Method", "chapters": [{"file": "methods"}]}]
-    limits = _run_level_entries(src, run["results"])
+    across = _run_level_entries(src, run["results"], ("across",))
+    parts = [{"caption": "This run", "chapters": across}] if across else []
+    parts.append({"caption": "Method", "chapters": [{"file": "methods"}]})
+    limits = _run_level_entries(src, run["results"], ("limits",))
     if limits:
         parts.append({"caption": "How far to trust it", "chapters": limits})
     cards = site.collect_cards(run_dir, run, src)
@@ -276,7 +281,9 @@ def _write_source(src: Path, run_dir: Path, run: dict | None = None) -> None:
         parts.append({"caption": "About", "chapters": [{"file": Path(p).stem} for p in extra]})
     site.write_params(src, run)
     limits_doc = f"/{limits[0]['file']}" if limits else None
-    (src / "intro.md").write_text(site.landing_markdown(run_dir, run, cards, limits_doc))
+    across_doc = f"/{across[0]['file']}" if across else None
+    (src / "intro.md").write_text(site.landing_markdown(run_dir, run, cards, limits_doc,
+                                                        across_doc))
     toc = {"format": "jb-book", "root": "intro", "parts": parts}
     (src / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     (src / "_config.yml").write_text(yaml.safe_dump(_config(title), sort_keys=False))

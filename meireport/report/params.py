@@ -48,6 +48,7 @@ from pydantic import (
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from meireport.errors import MeireportError
+from meireport.extract import check_area_field
 from meireport.mei import DEIConfig, GaborSearchConfig, MEIConfig, default_starts
 from meireport.models import CNNConfig, CoreConfig, LNConfig, ReadoutConfig, TrainConfig
 from meireport.select import SelectionRule
@@ -257,7 +258,8 @@ class SourceParams(_Section):
         None, description="sessions to report (default: the only one in the cache / the file; "
         "required for dandi)"
     )
-    seed: int = Field(0, description="simulated only: seed of units and spikes")
+    seed: int = Field(0, description="simulated only: seed of units and spikes (each session "
+                      "id other than the default draws its own from it: session_seed)")
     n_images: int = Field(118, ge=2, description="simulated only: natural images")
     n_repeats: int = Field(50, ge=1, description="simulated only: repeats per image")
     scale: Literal["default", "full"] = Field(
@@ -324,15 +326,27 @@ class SourceParams(_Section):
 
 
 class ExtractParams(_Section):
-    """Spike counting."""
+    """Spike counting: which areas' units, the count window, the unit filter."""
 
-    area: str | None = Field("VISam", description="structure acronym of the units to analyse")
+    _section = "extract"
+    area: str | tuple[str, ...] | None = Field(
+        "VISam", description="areas of the units to analyse: a structure acronym, a list of "
+        "them, 'visual' (every visual cortical area of the session) or null (every area); see "
+        ":func:`meireport.extract.resolve_areas`")
     window: tuple[float, float] = Field(
         (0.0, 0.25), description="count window [t0, t1) in s from stimulus onset"
     )
     amplitude_cutoff_max: float | None = Field(0.1, description="unit filter (AllenSDK default)")
     presence_ratio_min: float | None = Field(0.95, description="unit filter (AllenSDK default)")
     isi_violations_max: float | None = Field(0.5, description="unit filter (AllenSDK default)")
+
+    @field_validator("area", mode="before")
+    @classmethod
+    def _area(cls, v: Any) -> Any:
+        try:
+            return check_area_field(v)
+        except MeireportError as e:
+            raise ValueError(_reason(e)) from None
 
     @field_validator("window")
     @classmethod
@@ -359,7 +373,13 @@ class SelectionParams(_LibrarySection):
         _SEED_RULE.above_quantile["variance"], description="keep var > quantile")
     min_oracle: float | None = Field(None, description="absolute oracle threshold")
     min_variance: float | None = Field(None, ge=0, description="absolute variance threshold")
-    max_units: int | None = Field(None, description="keep at most this many (best oracle)")
+    max_units: int | None = Field(
+        None, description="keep at most this many (best oracle), per area with per_area")
+    per_area: bool = Field(
+        False, description="quantiles and max_units within each area (each unit against the "
+        "units of its own area); false (the seed's): over all the analysed units. Per area, a "
+        "quantile keeps each area's best units even where none is reliable: pair it with "
+        "min_oracle")
     units: list[int] | None = Field(None, description="explicit unit ids; overrides the rule")
     oracle_method: Literal["jackknife", "random"] = "jackknife"
     oracle_iterations: int = Field(50, ge=1, description="random oracle only")
@@ -387,6 +407,7 @@ class SelectionParams(_LibrarySection):
             above={k: v for k, v in a.items() if v is not None},
             max_units=self.max_units,
             units=tuple(self.units) if self.units else None,
+            group_by="area" if self.per_area else None,
         )
 
     def _check(self) -> SelectionRule:

@@ -97,7 +97,9 @@ class Stage:
     notebook : str
         Template file in :data:`NOTEBOOK_DIR`.
     level : str
-        ``session``, ``neuron`` or ``summary``.
+        ``session``, ``neuron``, ``summary`` (one per session, after its other tasks),
+        ``run`` (once per run: the data-limit chapter) or ``across`` (once per run, after every
+        session's summary: the run-level summary across sessions and areas).
     sections : tuple of str
         Params sections the notebook sees (and whose change re-executes it).
     inputs : tuple of str
@@ -139,6 +141,7 @@ STAGES: tuple[Stage, ...] = (
           ("summary.csv",)),
     Stage("limits", "07_limits.ipynb", "run", ("limits", "selection", "model", "train", "trust"),
           (), ("limits_session.csv", "limits_units.csv", "limits_models.csv")),
+    Stage("across", "08_across.ipynb", "across", ("selection",), (), ("run_summary.csv",)),
 )
 
 #: Folder of the run-level stages' outputs (``results/limits``); their session id is -1.
@@ -297,7 +300,7 @@ def _section_params(params: Params, stage: Stage) -> dict:
 
 
 def _make_task(params: Params, run_dir: Path, stage: Stage, sid: int, uid: int | None) -> Task:
-    sdir = run_dir / "results" / (stage.name if stage.level == "run" else str(sid))
+    sdir = run_dir / "results" / (stage.name if stage.level in ("run", "across") else str(sid))
     wdir = sdir / str(uid) if uid is not None else sdir
     inputs = {}
     for spec in stage.inputs:
@@ -969,6 +972,22 @@ def plan_summary_task(params: Params, run_dir: Path, sid: int,
     return t
 
 
+def plan_across_task(params: Params, run_dir: Path, session_ids: list[int],
+                     summaries: list[Task]) -> Task:
+    """The run-level summary across sessions and areas: after every session's summary.
+
+    It reads each session's ``selection.csv`` and ``summary.csv`` (those that exist when it
+    runs: a session whose selection failed contributes nothing).
+    """
+    st = next(s for s in available_stages() if s.level == "across")
+    t = _make_task(params, run_dir, st, RUN_LEVEL_ID, None)
+    t.parameters["session_ids_json"] = json.dumps([int(x) for x in session_ids])
+    t.deps = tuple(x.task_id for x in summaries)
+    t.optional_inputs = {f"{sid}:{name}": str(run_dir / "results" / str(sid) / name)
+                         for sid in session_ids for name in ("selection.csv", "summary.csv")}
+    return t
+
+
 def _priority(task) -> int:
     """Which ready task starts first: lower first, then in the order they became ready.
 
@@ -1013,8 +1032,9 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
     Every task starts as soon as the tasks that write its inputs are done
     (:func:`meireport.report.engine.run_graph`): a session's neuron tasks as soon as its
     selection is done, each neuron's MEI as soon as its model is trained, the data-limit study's
-    pieces beside them, a session's summary once all its tasks are done. With ``strict``, no
-    task is started after the first failed one (the tasks run so far are recorded).
+    pieces beside them, a session's summary once all its tasks are done, the run-level summary
+    across sessions and areas once every session's summary is. With ``strict``, no task is
+    started after the first failed one (the tasks run so far are recorded).
     """
     from functools import partial
 
@@ -1023,6 +1043,7 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
     run_dir, session_ids = folder.path, folder.session_ids
     result = RunResult(run_dir, notes=list(folder.notes))
     by_session: dict[int, list[Task]] = {}
+    summaries: list[Task] = []
     initial = plan_session_tasks(params, run_dir, session_ids)
     _link(initial)
     for t in initial:
@@ -1046,8 +1067,12 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
                   for u in dict.fromkeys(t.unit_id for t in new)]
         own = {t.task_id: c.task_id for c in chains for t in c.tasks}
         summary.deps = tuple(dict.fromkeys(own.get(d, d) for d in summary.deps))
-        bar.total += len(new) + 1
-        return [*chains, summary]
+        summaries.append(summary)
+        across = []
+        if len(summaries) == len(session_ids):  # every session's summary is planned
+            across = [plan_across_task(params, run_dir, session_ids, summaries)]
+        bar.total += len(new) + 1 + len(across)
+        return [*chains, summary, *across]
 
     def on_result(res) -> None:
         for r in _flatten([res]):

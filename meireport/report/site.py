@@ -35,10 +35,12 @@ import pandas as pd
 import yaml
 
 from meireport.artifacts import load_csv, load_npz
-from meireport.report.summary import TRUST_ORDER
+from meireport.report.summary import TRUST_ORDER, trust_counts
 
 __all__ = [
     "NEURON_PAGE",
+    "RUN_SUMMARY_PAGE",
+    "run_summary_markdown",
     "GALLERY_SORTS",
     "Card",
     "neuron_doc",
@@ -148,9 +150,7 @@ def session_counts(sdir) -> dict:
     sdir = Path(sdir)
     sel = load_csv(sdir / "selection.csv") if (sdir / "selection.csv").is_file() else None
     summ = _summary(sdir)
-    labels = summ["trust"].astype(str).tolist() if "trust" in summ else []
-    trust = {lab: labels.count(lab) for lab in TRUST_ORDER}
-    trust["unassessed"] = len(labels) - sum(trust.values())
+    trust = trust_counts(summ["trust"] if "trust" in summ else [])
     areas: list[str] = []
     for table in (summ, sel):
         if table is not None and "area" in table:
@@ -323,8 +323,11 @@ def _verdict(run_dir: Path) -> str | None:
 
 
 def landing_markdown(run_dir, run: dict, cards: list[Card],
-                     limits_doc: str | None = None) -> str:
+                     limits_doc: str | None = None, across_doc: str | None = None) -> str:
     """The landing page (``intro.md``): what this run found, from its artifacts.
+
+    ``limits_doc`` and ``across_doc`` are the data-limit chapter's and the run-level summary's
+    documents (linked when given).
 
     Examples
     --------
@@ -343,8 +346,10 @@ def landing_markdown(run_dir, run: dict, cards: list[Card],
              "Exciting Input** (MEI) and compares it with the best Gabor patch, and says how "
              "far each result can be trusted.", ""]
     lines += ["## This run", "",
-              "Units analysed (in the chosen area), selected by the rule, reported, and the "
-              "reported neurons' MEIs by trust label.", "",
+              "Units analysed (in the chosen areas), selected by the rule, reported, and the "
+              "reported neurons' MEIs by trust label"
+              + (f"; per area, with the models' and MEIs' numbers: {{doc}}`across sessions and "
+                 f"areas <{across_doc}>`." if across_doc else "."), "",
               "| session | areas | units | selected | reported | high | medium | low | n/a |",
               "|---|---|---|---|---|---|---|---|---|"]
     totals = dict.fromkeys(("reported", *TRUST_ORDER), 0)
@@ -376,6 +381,80 @@ def landing_markdown(run_dir, run: dict, cards: list[Card],
               f"{run.get('meireport_version', '?')}; source: {src.get('kind', '?')}. "
               "Its parameters: {download}`params.yaml <params.yaml>`. How each number is "
               "computed: {doc}`methods </methods>`.", ""]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------
+# across sessions and areas
+# -------------------------------------------------------------------------------------------
+#: Page of the run-level summary (the ``across`` stage's notebook), relative to the site.
+RUN_SUMMARY_PAGE = "across/08_across"
+#: Header of each column of the page's table (:data:`RUN_SUMMARY_COLUMNS` order), and digits.
+_RUN_HEADERS = {
+    "session_id": ("session", None), "area": ("area", None), "analysed": ("units", None),
+    "selected": ("selected", None), "reported": ("reported", None),
+    "oracle_corr_all": ("oracle r (all units)", 2), "oracle_corr": ("oracle r", 2),
+    "test_corr": ("test r (CNN)", 2), "frac_oracle": ("frac_oracle", 2),
+    "high": ("high", None), "medium": ("medium", None), "low": ("low", None),
+    "unassessed": ("n/a", None), "mei_peak_sf_cpd": ("MEI peak SF (cycles/deg)", 3),
+    "mei_si2": ("MEI SI₂", 2), "mei_gabor_ratio": ("MEI / Gabor (model)", 2),
+    "mei_gabor_true_ratio": ("MEI / Gabor (true)", 2),
+}
+
+
+def _run_cell(column: str, value) -> str:
+    if column == "session_id":  # the page is across/08_across.html
+        return f"[{int(value)}](../sessions/{int(value)}/06_summary.html)"
+    digits = _RUN_HEADERS[column][1]
+    if digits is None:
+        return str(value) if column == "area" else str(int(value))
+    return _fmt(value, digits)
+
+
+def run_summary_markdown(table: pd.DataFrame, per_area: bool = False) -> str:
+    """The run-level summary's text: how the rule was applied and one row per session x area.
+
+    ``table`` is :func:`meireport.report.summary.run_summary_table`'s; a column that is empty
+    in every row (e.g. the true-rate ratio on real sessions) is left out. ``per_area`` says
+    how the selection rule was applied (``selection.per_area``). Plain Markdown (the page is a
+    notebook's output); session ids link to each session's summary page.
+
+    Examples
+    --------
+    >>> from meireport.report.summary import RUN_SUMMARY_COLUMNS
+    >>> row = dict.fromkeys(RUN_SUMMARY_COLUMNS, 1) | {"area": "VISp", "oracle_corr": 0.5,
+    ...                                                "mei_gabor_true_ratio": math.nan}
+    >>> text = run_summary_markdown(pd.DataFrame([row]))
+    >>> "| [1](../sessions/1/06_summary.html) | VISp | 1 |" in text, "(true)" in text
+    (True, False)
+    """
+    if per_area:
+        lines = ["The selection rule is applied **within each area** (`selection.per_area`): "
+                 "a unit is kept when its oracle correlation and response variance exceed "
+                 "the quantiles of its own area's units, and `selection.max_units` caps each "
+                 "area, so every area contributes its own most reliable units and the areas "
+                 "can be compared (a quantile keeps an area's best units even where none is "
+                 "reliable: `selection.min_oracle` sets a floor).", ""]
+    else:
+        lines = ["The selection rule's quantiles are taken over all the analysed units of a "
+                 "session together (`selection.per_area: false`): an area with less "
+                 "reliable units contributes fewer of them.", ""]
+    if table.empty:
+        return "\n".join(lines + ["*No session was analysed.*", ""])
+    cols = [c for c in table.columns if c in _RUN_HEADERS
+            and (_RUN_HEADERS[c][1] is None or table[c].notna().any())]
+    lines += ["| " + " | ".join(_RUN_HEADERS[c][0] for c in cols) + " |",
+              "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_run_cell(c, r[c]) for c in cols) + " |"
+              for r in table.to_dict("records")]
+    lines += ["", "*oracle r*: jackknife oracle correlation; *test r*: the CNN's prediction vs "
+              "held-out image means; *frac_oracle*: its single-trial correlation over the "
+              "oracle; *high / medium / low / n/a*: MEIs per trust label; *MEI peak SF*: peak "
+              "of the MEI's radial power spectrum; *MEI SI₂*: its 2-fold symmetry index (1: "
+              "one orientation, 0: none); *MEI / Gabor*: the neuron's response to its MEI over "
+              "that to the best searched Gabor, both at the same mean and contrast, as the "
+              "model predicts it and (simulated sessions) as the true neuron fires; above 1 "
+              "the MEI drives it more.", ""]
     return "\n".join(lines)
 
 

@@ -36,7 +36,10 @@ from meireport.store import code_hash, content_key
 __all__ = [
     "extract_stage",
     "select_stage",
+    "selection_groups",
+    "rule_sentence",
     "summary_stage",
+    "across_stage",
     "response_data",
     "session_gabors",
     "unit_row",
@@ -757,13 +760,20 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
 # -------------------------------------------------------------------------------------------
 # session-level and run-level stages
 # -------------------------------------------------------------------------------------------
-def extract_stage(session, out_dir, area: str | None = "VISam", window=(0.0, 0.25)) -> dict:
+def extract_stage(session, out_dir, area="VISam", window=(0.0, 0.25)) -> dict:
     """Extract everything later stages need from a session into ``out_dir`` (atomic writes).
+
+    ``area`` is the ``extract.area`` field: one structure acronym, a list of them, ``"visual"``
+    (every visual cortical area of the session) or ``None`` (every area), resolved on the
+    session by :func:`meireport.extract.resolve_areas`; the units of all the chosen areas are
+    analysed together, each keeping its own area (``ecephys_structure_acronym`` in
+    ``units.csv``, ``area`` in ``selection.csv`` and ``summary.csv``).
 
     Writes ``trials.npz`` (natural-scene trial tensor, blank frame left out), ``images.npz``
     (the images as the model sees them), ``gabors.npz`` (gabor parameters and counts),
-    ``units.csv`` (the area's units with their metrics, plus ``true_kind`` on simulated sessions)
-    and ``session.json``.
+    ``units.csv`` (the chosen areas' units with their metrics, plus ``true_kind`` on simulated
+    sessions) and ``session.json`` (``area``: the field as given; ``analysed_areas``: the
+    acronyms it chose; ``areas``: every area of the session).
 
     Returns
     -------
@@ -771,12 +781,20 @@ def extract_stage(session, out_dir, area: str | None = "VISam", window=(0.0, 0.2
         The contents of ``session.json``.
     """
     from meireport.artifacts import save_csv, save_json, save_npz
-    from meireport.extract import check_window, gabor_responses, spike_counts, trial_tensor
+    from meireport.extract import (
+        area_unit_ids,
+        check_window,
+        gabor_responses,
+        resolve_areas,
+        spike_counts,
+        trial_tensor,
+    )
     from meireport.stimuli import parse_pair
 
     out = Path(out_dir)
     win = check_window(window)
-    ids = session.unit_ids(area)
+    analysed = resolve_areas(session, area)
+    ids = area_unit_ids(session, area)
     table = session.stimulus_table("natural_scenes")
     counts = spike_counts(session, "natural_scenes", win, unit_ids=ids)
     trials = trial_tensor(counts, table)
@@ -809,7 +827,8 @@ def extract_stage(session, out_dir, area: str | None = "VISam", window=(0.0, 0.2
         # paths relative to the session folder: a moved run folder keeps identical artifacts
         "session_id": int(session.session_id),
         "nwb": os.path.relpath(session.path, out) if session.path else session.where,
-        "area": area,
+        "area": list(area) if isinstance(area, list | tuple) else area,
+        "analysed_areas": analysed,
         "window": list(win), "n_units": int(len(ids)), "n_images": int(len(trials.image_ids)),
         "n_repeats": int(trials.data.shape[2]) if trials.data.size else 0,
         "geometry": session.geometry.to_dict(),
@@ -845,6 +864,54 @@ def select_stage(session_dir, selection: Mapping) -> pd.DataFrame:
     out = load_csv(sdir / "selection.csv")
     out.attrs.update(attrs)
     return out
+
+
+def selection_groups(selection: pd.DataFrame) -> list[tuple[str, pd.DataFrame, dict]]:
+    """The selection table split as its rule was applied: ``(area, rows, thresholds)`` each.
+
+    Per area when the rule was applied per area (``selection.per_area``: the table's
+    ``attrs["group_thresholds"]``), else one group ``("", every row, attrs["thresholds"])``.
+
+    Examples
+    --------
+    >>> sel = pd.DataFrame({"unit_id": [1, 2], "area": ["VISp", "VISam"]})
+    >>> sel.attrs["group_thresholds"] = {"VISam": {"oracle_corr": 0.2},
+    ...                                  "VISp": {"oracle_corr": 0.4}}
+    >>> [(a, len(rows), t["oracle_corr"]) for a, rows, t in selection_groups(sel)]
+    [('VISam', 1, 0.2), ('VISp', 1, 0.4)]
+    """
+    groups = selection.attrs.get("group_thresholds") or {}
+    if not groups or "area" not in selection:
+        return [("", selection, dict(selection.attrs.get("thresholds", {})))]
+    area = selection["area"].astype(str)
+    return [(a, selection[area == a], dict(t)) for a, t in groups.items()]
+
+
+def rule_sentence(selection: pd.DataFrame, max_units: int | None = None) -> str:
+    """How many units the rule kept and its thresholds, per area when applied per area.
+
+    Examples
+    --------
+    >>> sel = pd.DataFrame({"unit_id": [1, 2], "area": ["VISp", "VISp"],
+    ...                     "selected": [True, False]})
+    >>> sel.attrs["thresholds"] = {"oracle_corr": 0.25}
+    >>> rule_sentence(sel, max_units=3)
+    '**1 of 2 units selected** by the rule: oracle_corr > 0.25, at most 3 units (best oracle).'
+    """
+    def rule(th: dict) -> str:
+        return ", ".join(f"{k} > {v:.3g}" for k, v in th.items()) or "explicit list"
+
+    groups = selection_groups(selection)
+    if len(groups) == 1:
+        text = rule(groups[0][2])
+    else:
+        text = "; ".join(f"{a} ({int(rows['selected'].sum())} of {len(rows)}): {rule(th)}"
+                         for a, rows, th in groups)
+    cap = ""
+    if max_units:
+        cap = f", at most {max_units} units{' per area' if len(groups) > 1 else ''} (best oracle)"
+    n = int(selection["selected"].sum())
+    return f"**{n} of {len(selection)} units selected** by the rule: {text}{cap}."
 
 
 def unit_measures(session_dir, seed: int = 0) -> pd.DataFrame:
@@ -908,8 +975,14 @@ def _select(sdir: Path, sp: SelectionParams) -> dict:
     maps = rf_maps(g.table, g.counts)
     save_npz(sdir / "rfmap.npz", maps=maps.maps, x_deg=maps.x_deg, y_deg=maps.y_deg,
              unit_ids=np.asarray(maps.unit_ids, dtype=np.int64))
-    return {k: {n: float(x) for n, x in v.items()} if isinstance(v, dict) else v
-            for k, v in out.attrs.items()}
+    return _plain(out.attrs)
+
+
+def _plain(value):
+    """A table's ``attrs`` (nested dicts of numbers) with plain floats: JSON-able."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return float(value) if isinstance(value, int | float | np.number) else value
 
 
 def summary_stage(session_dir) -> pd.DataFrame:
@@ -919,3 +992,27 @@ def summary_stage(session_dir) -> pd.DataFrame:
     df = summary_table(session_dir)
     save_csv(Path(session_dir) / "summary.csv", df, index=False)
     return df
+
+
+def across_stage(run_dir, session_ids, out_dir) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                         pd.DataFrame]:
+    """The run-level summary: write ``run_summary.csv`` into ``out_dir`` (atomically).
+
+    Reads every session's ``selection.csv`` and ``summary.csv``
+    (:func:`meireport.report.summary.run_tables`) and summarises them per session x area
+    (:func:`meireport.report.summary.run_summary_table`).
+
+    Returns
+    -------
+    units, reported, table : DataFrame
+        Every analysed unit, every reported neuron (stacked, with ``session_id`` and ``area``),
+        and the run-level summary table.
+    """
+    from meireport.report.summary import run_summary_table, run_tables
+
+    units, reported = run_tables(run_dir, session_ids)
+    table = run_summary_table(units, reported)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_csv(out / "run_summary.csv", table, index=False)
+    return units, reported, table

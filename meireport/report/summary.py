@@ -24,6 +24,12 @@ __all__ = [
     "summary_table",
     "trust_sentence",
     "gabor_truth_sentence",
+    "RUN_SUMMARY_COLUMNS",
+    "RATIOS",
+    "trust_counts",
+    "mei_gabor_ratios",
+    "run_tables",
+    "run_summary_table",
 ]
 
 SUMMARY_COLUMNS = (
@@ -185,3 +191,155 @@ def gabor_truth_sentence(df: pd.DataFrame) -> str:
         parts.append(f"{kind} {beat} of {len(r)}" + (f" ({', '.join(rest)})" if rest else ""))
     return ("The true neuron fires more for the MEI than for the best Gabor (by > "
             f"{100 * TIE_BAND:.0f} %): " + ", ".join(parts) + ".")
+
+
+# -------------------------------------------------------------------------------------------
+# across sessions and areas (the run-level summary page)
+# -------------------------------------------------------------------------------------------
+#: Columns of :func:`run_summary_table`, one row per session x area.
+RUN_SUMMARY_COLUMNS = (
+    "session_id", "area", "analysed", "selected", "reported", "oracle_corr_all", "oracle_corr",
+    "test_corr", "frac_oracle", *TRUST_ORDER, "unassessed", "mei_peak_sf_cpd", "mei_si2",
+    "mei_gabor_ratio", "mei_gabor_true_ratio",
+)
+#: Medians of :func:`run_summary_table` over the reported neurons: column -> summary.csv column.
+_REPORTED_MEDIANS = {
+    "oracle_corr": "oracle_corr", "test_corr": "test_corr", "frac_oracle": "frac_oracle",
+    "mei_peak_sf_cpd": "mei_peak_sf_cpd", "mei_si2": "mei_si2",
+    "mei_gabor_ratio": "mei_gabor_ratio", "mei_gabor_true_ratio": "mei_gabor_true_ratio",
+}
+#: MEI / best Gabor response ratios: column -> (MEI column, Gabor column) of summary.csv.
+RATIOS = {
+    "mei_gabor_ratio": ("mei_pred", "best_gabor_pred"),
+    "mei_gabor_true_ratio": ("mei_true_resp", "best_gabor_true_resp"),
+}
+
+
+def trust_counts(labels) -> dict[str, int]:
+    """How many of ``labels`` are each trust label, and how many are none (``unassessed``).
+
+    Examples
+    --------
+    >>> trust_counts(["high", "low", None, "high"])
+    {'high': 2, 'medium': 0, 'low': 1, 'unassessed': 1}
+    """
+    labels = [str(x) for x in labels]
+    out = {t: labels.count(t) for t in TRUST_ORDER}
+    out["unassessed"] = len(labels) - sum(out.values())
+    return out
+
+
+def mei_gabor_ratios(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with :data:`RATIOS` added: MEI over best Gabor response.
+
+    Both at the MEI's footing, as the model predicts it (``mei_gabor_ratio``) and, on simulated
+    sessions, as the true neuron fires (``mei_gabor_true_ratio``); NaN where a value is missing
+    or the Gabor's response is not positive.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"mei_pred": [6.0, 2.0], "best_gabor_pred": [3.0, 0.0]})
+    >>> mei_gabor_ratios(df)["mei_gabor_ratio"].tolist()
+    [2.0, nan]
+    """
+    out = summary.copy()
+    for name, (mei, gabor) in RATIOS.items():
+        if mei in out and gabor in out:
+            num, den = pd.to_numeric(out[mei]), pd.to_numeric(out[gabor])
+            out[name] = (num / den).where(den > 0)
+        else:
+            out[name] = np.nan
+    return out
+
+
+def _table(f: Path) -> pd.DataFrame:
+    return load_csv(f) if f.is_file() else pd.DataFrame()
+
+
+def run_tables(run_dir, session_ids) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every session's ``selection.csv`` and ``summary.csv`` (with :data:`RATIOS`), stacked.
+
+    Each row gets its ``session_id``; a unit without an area gets ``""``. Missing files
+    contribute no rows.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        The analysed units (``selection.csv`` rows) and the reported neurons (``summary.csv``
+        rows), each with ``session_id`` and ``area`` first.
+    """
+    parts: dict[str, list[pd.DataFrame]] = {"selection": [], "summary": []}
+    for sid in session_ids:
+        sdir = Path(run_dir) / "results" / str(sid)
+        for name in parts:
+            t = _table(sdir / f"{name}.csv")
+            if not t.empty:
+                parts[name].append(t.assign(session_id=int(sid)))
+    out = []
+    for name, frames in parts.items():
+        t = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            columns=["session_id", "unit_id"])
+        t["area"] = t["area"].fillna("").astype(str) if "area" in t else ""
+        if name == "summary":
+            t = mei_gabor_ratios(t)
+        first = ["session_id", "area"]
+        out.append(t[first + [c for c in t.columns if c not in first]])
+    return out[0], out[1]
+
+
+def _median(table: pd.DataFrame, column: str) -> float:
+    if column not in table:
+        return np.nan
+    values = pd.to_numeric(table[column], errors="coerce").dropna()
+    return float(values.median()) if len(values) else np.nan
+
+
+def run_summary_table(selection: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """The run-level summary: one row per session x area of the analysed units.
+
+    Per session and area: units ``analysed`` (rows of ``selection.csv``), ``selected`` by the
+    rule, ``reported`` (rows of ``summary.csv``), the median oracle correlation of every
+    analysed unit (``oracle_corr_all``) and, over the reported neurons, the medians of the
+    oracle correlation, the CNN's test correlation and ``frac_oracle``, the MEIs per trust label
+    (:func:`trust_counts`), and the MEIs' median peak spatial frequency (cycles/deg),
+    2-fold symmetry index ``mei_si2`` (orientedness) and MEI / best Gabor response ratios
+    (:func:`mei_gabor_ratios`; model, and true rate on simulated sessions). Columns:
+    :data:`RUN_SUMMARY_COLUMNS`; rows by session, then area.
+
+    Parameters
+    ----------
+    selection, summary : DataFrame
+        The stacked tables of :func:`run_tables`.
+
+    Returns
+    -------
+    DataFrame
+
+    Examples
+    --------
+    >>> sel = pd.DataFrame({"session_id": [1, 1, 1], "area": ["VISp", "VISp", "VISam"],
+    ...                     "unit_id": [5, 6, 7], "selected": [True, False, True],
+    ...                     "oracle_corr": [0.5, 0.25, 0.5]})
+    >>> summ = pd.DataFrame({"session_id": [1], "area": ["VISp"], "unit_id": [5],
+    ...                      "oracle_corr": [0.5], "test_corr": [0.3], "trust": ["high"]})
+    >>> t = run_summary_table(sel, summ)
+    >>> cols = ["area", "analysed", "selected", "reported", "oracle_corr_all", "high"]
+    >>> t[cols].to_dict("records")
+    [{'area': 'VISam', 'analysed': 1, 'selected': 1, 'reported': 0, 'oracle_corr_all': 0.5, \
+'high': 0}, {'area': 'VISp', 'analysed': 2, 'selected': 1, 'reported': 1, \
+'oracle_corr_all': 0.375, 'high': 1}]
+    """
+    keys = sorted({(int(s), str(a)) for t in (selection, summary)
+                   for s, a in zip(t.get("session_id", []), t.get("area", []), strict=True)})
+    rows = []
+    for sid, area in keys:
+        units = selection[(selection["session_id"] == sid) & (selection["area"] == area)]
+        rep = summary[(summary["session_id"] == sid) & (summary["area"] == area)]
+        row = {"session_id": int(sid), "area": area, "analysed": len(units),
+               "selected": int(units["selected"].astype(bool).sum()) if "selected" in units
+               else 0, "reported": len(rep),
+               "oracle_corr_all": _median(units, "oracle_corr")}
+        row |= {name: _median(rep, col) for name, col in _REPORTED_MEDIANS.items()}
+        row |= trust_counts(rep["trust"] if "trust" in rep else [None] * len(rep))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(RUN_SUMMARY_COLUMNS))

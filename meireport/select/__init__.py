@@ -28,6 +28,7 @@ from meireport.select.rfmap import (
 )
 from meireport.select.rule import (
     SelectionRule,
+    group_thresholds,
     rule_thresholds,
     select_units,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "SelectionRule",
     "anomaly_scores",
     "fev",
+    "group_thresholds",
     "oracle_correlation",
     "oracle_correlation_random",
     "pairwise_correlation",

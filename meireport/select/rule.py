@@ -13,6 +13,7 @@ from meireport.select._checks import check_int
 
 __all__ = [
     "SelectionRule",
+    "group_thresholds",
     "rule_thresholds",
     "select_units",
 ]
@@ -31,7 +32,9 @@ class SelectionRule:
     ``metric > quantile(q)`` of the candidate units for each ``above_quantile`` item,
     ``metric > value`` for each ``above`` item, ``True`` for each ``require`` column, and its
     area in ``areas``. Then ``max_units`` keeps the best by ``rank_by``. An explicit ``units``
-    list overrides everything.
+    list overrides everything. With ``group_by`` (e.g. ``"area"``) the quantiles and
+    ``max_units`` are taken within each group: a unit is compared with the units of its own
+    area, and each area keeps at most ``max_units``.
 
     Parameters
     ----------
@@ -51,11 +54,16 @@ class SelectionRule:
         Metric ranking units for ``max_units``.
     units : tuple, optional
         Explicit unit ids to select; overrides every other criterion.
+    group_by : str, optional
+        Column whose values form the groups in which quantiles and ``max_units`` apply
+        (default: one group of all units).
 
     Examples
     --------
     >>> SelectionRule().above_quantile
     {'oracle_corr': 0.6, 'variance': 0.5}
+    >>> SelectionRule(group_by="area").group_by
+    'area'
     >>> SelectionRule(above_quantile={"oracle_corr": 1.5})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -71,6 +79,7 @@ class SelectionRule:
     max_units: int | None = None
     rank_by: str = "oracle_corr"
     units: tuple | None = None
+    group_by: str | None = None
 
     def __post_init__(self) -> None:
         """Check every field; store plain dicts and tuples."""
@@ -92,6 +101,8 @@ class SelectionRule:
             object.__setattr__(self, "areas", _str_tuple("areas", self.areas))
         if self.max_units is not None:
             check_int("rule.max_units", self.max_units, 1)
+        if self.group_by is not None and not isinstance(self.group_by, str):
+            raise MeireportError(f"rule.group_by: expected a column name, got {self.group_by!r}")
         if self.units is not None:
             if isinstance(self.units, str) or not isinstance(self.units, Sequence | np.ndarray):
                 raise MeireportError(f"rule.units: expected a list of unit ids, got {self.units!r}")
@@ -127,10 +138,67 @@ def _check_rule_columns(metrics: pd.DataFrame, rule: SelectionRule) -> None:
         wanted.append(("rank_by", rule.rank_by))
     if rule.areas is not None:
         wanted.append(("areas", "area"))
+    if rule.group_by is not None:
+        wanted.append(("group_by", rule.group_by))
     for part, column in wanted:
         if column not in metrics.columns:
             known = sorted(map(str, metrics.columns))
             raise MeireportError(f"rule.{part}: unknown metric {column!r}; metrics has {known}")
+
+
+def _groups(metrics: pd.DataFrame, rule: SelectionRule) -> list[tuple[str | None, pd.Series]]:
+    """``(label, row mask)`` of each group of ``rule.group_by`` (sorted).
+
+    Without ``group_by``: one unlabelled group of every unit.
+    """
+    if rule.group_by is None:
+        return [(None, pd.Series(True, index=metrics.index))]
+    column = metrics[rule.group_by].astype(str)
+    return [(g, column == g) for g in sorted(column.unique())]
+
+
+def _limits(metrics: pd.DataFrame, rule: SelectionRule, mask: pd.Series) -> dict[str, float]:
+    """Thresholds of the rule's quantile and absolute items over some rows.
+
+    The rows of ``mask`` that pass the area filter.
+    """
+    pool = _area_mask(metrics, rule) & mask
+    out: dict[str, float] = {}
+    for metric, q in rule.above_quantile.items():
+        out[metric] = float(pd.to_numeric(metrics.loc[pool, metric]).quantile(q))
+    for metric, value in rule.above.items():
+        out[metric] = max(value, out.get(metric, -np.inf))
+    return out
+
+
+def group_thresholds(metrics: pd.DataFrame,
+                     rule: SelectionRule | None = None) -> dict[str, dict[str, float]]:
+    """Numeric thresholds of ``rule`` in each of its groups (``rule.group_by``'s values).
+
+    Parameters
+    ----------
+    metrics : pandas.DataFrame
+        One row per unit with the metric columns and the ``group_by`` column.
+    rule : SelectionRule, optional
+        The rule; default the seed's (one group, labelled ``""``).
+
+    Returns
+    -------
+    dict
+        Group -> (metric -> threshold a unit of that group must exceed); groups sorted.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"area": ["A", "A", "B", "B"], "oracle_corr": [0.1, 0.3, 0.5, 0.9]})
+    >>> rule = SelectionRule(above_quantile={"oracle_corr": 0.5}, group_by="area")
+    >>> {g: round(t["oracle_corr"], 6) for g, t in group_thresholds(table, rule).items()}
+    {'A': 0.2, 'B': 0.7}
+    """
+    rule = SelectionRule() if rule is None else rule
+    _check_metrics(metrics)
+    _check_rule_columns(metrics, rule)
+    return {label or "": _limits(metrics, rule, mask) for label, mask in _groups(metrics, rule)}
 
 
 def rule_thresholds(metrics: pd.DataFrame, rule: SelectionRule | None = None) -> dict[str, float]:
@@ -138,7 +206,8 @@ def rule_thresholds(metrics: pd.DataFrame, rule: SelectionRule | None = None) ->
 
     Quantiles are taken over the units that pass the rule's area filter, NaN skipped
     (pandas' linear interpolation, as the seed). When a metric appears in both, the larger
-    threshold is returned.
+    threshold is returned. A rule with ``group_by`` has one set of thresholds per group
+    (:func:`group_thresholds`); this returns it when there is one group only.
 
     Parameters
     ----------
@@ -152,6 +221,11 @@ def rule_thresholds(metrics: pd.DataFrame, rule: SelectionRule | None = None) ->
     dict
         Metric -> threshold a unit must exceed.
 
+    Raises
+    ------
+    MeireportError
+        The rule's ``group_by`` splits the units into several groups.
+
     Examples
     --------
     >>> import pandas as pd
@@ -159,16 +233,12 @@ def rule_thresholds(metrics: pd.DataFrame, rule: SelectionRule | None = None) ->
     >>> {k: round(v, 6) for k, v in rule_thresholds(table).items()}
     {'oracle_corr': 0.34, 'variance': 1.0}
     """
-    rule = SelectionRule() if rule is None else rule
-    _check_metrics(metrics)
-    _check_rule_columns(metrics, rule)
-    pool = _area_mask(metrics, rule)
-    out: dict[str, float] = {}
-    for metric, q in rule.above_quantile.items():
-        out[metric] = float(pd.to_numeric(metrics.loc[pool, metric]).quantile(q))
-    for metric, value in rule.above.items():
-        out[metric] = max(value, out.get(metric, -np.inf))
-    return out
+    groups = group_thresholds(metrics, rule)
+    if len(groups) > 1:
+        raise MeireportError(
+            f"rule.group_by: the units form {len(groups)} groups ({', '.join(groups)}), each "
+            "with its own thresholds; use group_thresholds")
+    return next(iter(groups.values()))
 
 
 def _check_metrics(metrics: pd.DataFrame) -> None:
@@ -186,6 +256,19 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _quantile_limits(metrics: pd.DataFrame, rule: SelectionRule, metric: str,
+                     q: float) -> tuple[pd.Series, pd.Series]:
+    """Each unit's quantile threshold of ``metric`` (its group's) and its label (``q0.60 ``)."""
+    limit = pd.Series(np.nan, index=metrics.index)
+    label = pd.Series(f"q{q:.2f} ", index=metrics.index, dtype=object)
+    pool = _area_mask(metrics, rule)
+    for group, mask in _groups(metrics, rule):
+        limit[mask] = float(pd.to_numeric(metrics.loc[pool & mask, metric]).quantile(q))
+        if group is not None:
+            label[mask] = f"{group} q{q:.2f} "
+    return limit, label
+
+
 def _criterion_reasons(metrics: pd.DataFrame, rule: SelectionRule) -> list[pd.Series]:
     """One Series of reason strings ('' = passed) per criterion of the rule."""
     reasons = []
@@ -193,17 +276,15 @@ def _criterion_reasons(metrics: pd.DataFrame, rule: SelectionRule) -> list[pd.Se
         ok = _area_mask(metrics, rule)
         text = "area " + metrics["area"].astype(str) + f" not in {list(rule.areas)}"
         reasons.append(text.where(~ok, ""))
-    pool = _area_mask(metrics, rule)
-    limits = [
-        (m, float(pd.to_numeric(metrics.loc[pool, m]).quantile(q)), f"q{q:.2f} ")
-        for m, q in rule.above_quantile.items()
-    ]
-    limits += [(m, v, "") for m, v in rule.above.items()]
+    limits = [(m, *_quantile_limits(metrics, rule, m, q)) for m, q in rule.above_quantile.items()]
+    limits += [(m, pd.Series(v, index=metrics.index), pd.Series("", index=metrics.index))
+               for m, v in rule.above.items()]
     for metric, limit, label in limits:
         values = pd.to_numeric(metrics[metric])
-        text = values.map(lambda v, m=metric, lb=label, lim=limit: (
-            f"{m} is NaN" if pd.isna(v) else f"{m} {_fmt(v)} <= {lb}{_fmt(lim)}"
-        ))
+        text = pd.Series([f"{metric} is NaN" if pd.isna(v)
+                          else f"{metric} {_fmt(v)} <= {lb}{_fmt(lim)}"
+                          for v, lim, lb in zip(values, limit, label, strict=True)],
+                         index=metrics.index, dtype=object)
         reasons.append(text.where(~(values > limit), ""))
     for metric in rule.require:
         ok = metrics[metric].fillna(False).astype(bool)
@@ -218,6 +299,22 @@ def _join(reasons: list[pd.Series], index: pd.Index) -> pd.Series:
     return out
 
 
+def _cap(metrics: pd.DataFrame, rule: SelectionRule, reason: pd.Series) -> pd.Series:
+    """``reason`` with the units beyond ``max_units`` (per group) of those passing marked."""
+    for group, mask in _groups(metrics, rule):
+        passed = (reason == "") & mask
+        if passed.sum() <= rule.max_units:
+            continue
+        score = pd.to_numeric(metrics.loc[passed, rule.rank_by]).fillna(-np.inf)
+        ranked = score.sort_values(ascending=False, kind="stable").index
+        position = pd.Series(np.arange(1, len(ranked) + 1), index=ranked)
+        of = "" if group is None else f" of {group}"
+        top = f"not in the top {rule.max_units}{of} by {rule.rank_by}"
+        dropped = ranked[rule.max_units:]
+        reason.loc[dropped] = [f"{top} (rank {position[i]})" for i in dropped]
+    return reason
+
+
 def select_units(metrics: pd.DataFrame, rule: SelectionRule | None = None) -> pd.DataFrame:
     """Apply a :class:`SelectionRule` to a table of unit metrics.
 
@@ -225,7 +322,8 @@ def select_units(metrics: pd.DataFrame, rule: SelectionRule | None = None) -> pd
     ----------
     metrics : pandas.DataFrame
         One row per unit: a ``unit_id`` column (else the index is the id), the metric columns
-        the rule names, and ``area`` when the rule filters areas.
+        the rule names, ``area`` when the rule filters areas and the ``group_by`` column when
+        it has one.
     rule : SelectionRule, optional
         Default the seed's rule: ``oracle_corr > q0.6`` and ``variance > q0.5``.
 
@@ -234,7 +332,8 @@ def select_units(metrics: pd.DataFrame, rule: SelectionRule | None = None) -> pd
     pandas.DataFrame
         The metrics (with ``unit_id``), plus ``selected`` (bool) and ``reason`` (why a unit was
         rejected, ``"; "``-joined; empty when selected). The thresholds used are in
-        ``.attrs["thresholds"]``.
+        ``.attrs["thresholds"]`` (empty when a ``group_by`` rule found several groups) and,
+        with ``group_by``, per group in ``.attrs["group_thresholds"]``.
 
     Examples
     --------
@@ -246,6 +345,13 @@ def select_units(metrics: pd.DataFrame, rule: SelectionRule | None = None) -> pd
     [False, False, True, True]
     >>> out["reason"].iloc[0]
     'oracle_corr 0.1 <= q0.60 0.58; variance 1 <= q0.50 1.5'
+
+    Per area, each unit is compared with the units of its own area:
+
+    >>> table["area"] = ["VISp", "VISp", "VISam", "VISam"]
+    >>> by_area = SelectionRule(above_quantile={"oracle_corr": 0.5}, group_by="area")
+    >>> select_units(table, by_area)["selected"].tolist()
+    [False, True, False, True]
     """
     rule = SelectionRule() if rule is None else rule
     if not isinstance(rule, SelectionRule):
@@ -259,18 +365,14 @@ def select_units(metrics: pd.DataFrame, rule: SelectionRule | None = None) -> pd
     if rule.units is not None:
         return _select_explicit(out, ids, rule)
     reason = _join(_criterion_reasons(metrics, rule), metrics.index)
-    passed = reason == ""
-    if rule.max_units is not None and passed.sum() > rule.max_units:
-        score = pd.to_numeric(metrics.loc[passed, rule.rank_by]).fillna(-np.inf)
-        ranked = score.sort_values(ascending=False, kind="stable").index
-        dropped = ranked[rule.max_units:]
-        position = pd.Series(np.arange(1, len(ranked) + 1), index=ranked)
-        top = f"not in the top {rule.max_units} by {rule.rank_by}"
-        reason.loc[dropped] = [f"{top} (rank {position[i]})" for i in dropped]
-        passed = reason == ""
-    out["selected"] = passed.to_numpy()
+    if rule.max_units is not None:
+        reason = _cap(metrics, rule, reason)
+    out["selected"] = (reason == "").to_numpy()
     out["reason"] = reason.to_numpy()
-    out.attrs["thresholds"] = rule_thresholds(metrics, rule)
+    groups = group_thresholds(metrics, rule)
+    out.attrs["thresholds"] = next(iter(groups.values())) if len(groups) == 1 else {}
+    if rule.group_by is not None:
+        out.attrs["group_thresholds"] = groups
     return out
 
 

@@ -26,6 +26,8 @@ def _needed_columns(rule) -> list[str]:
         cols.append(rule.rank_by)
     if rule.areas is not None:
         cols.append("area")
+    if rule.group_by is not None:
+        cols.append(rule.group_by)
     return list(dict.fromkeys(cols))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meireport.areas import area_unit_ids
 from meireport.errors import MeireportError
 from meireport.sources.cache import (
     TEMPLATES_DIRNAME,
@@ -112,11 +113,30 @@ def _field(name: str) -> Iterator[None]:
     except MeireportError as e:
         text = str(e)
         head, sep, rest = text.partition(": ")
-        if sep and head.startswith(("source.", "source ")):  # names its field already
+        if sep and (head.startswith(("source.", "source ")) or head == name):  # named already
             raise
         if sep and head in _PARAMS_FIELD:
             raise MeireportError(f"{_PARAMS_FIELD[head]}: {rest}") from None
         raise MeireportError(f"{name}: {text}") from None
+
+
+def session_seed(seed: int, session_id: int) -> int:
+    """The simulator's seed of one session of a simulated source.
+
+    The default session keeps ``source.seed`` itself; every other session id draws units and
+    spikes of its own from ``seed`` and its id, so that several simulated sessions of one source
+    differ as recorded sessions do (and a session keeps its units whatever the list's order).
+
+    Examples
+    --------
+    >>> session_seed(0, DEFAULT_SESSION_ID), session_seed(0, 700000002) != 0
+    (0, True)
+    >>> session_seed(0, 700000002) == session_seed(0, 700000002) != session_seed(1, 700000002)
+    True
+    """
+    if int(session_id) == DEFAULT_SESSION_ID:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(session_id)]).generate_state(1)[0])
 
 
 def ensure_source(source: dict, run_dir, progress: bool = True,
@@ -145,15 +165,30 @@ def ensure_source(source: dict, run_dir, progress: bool = True,
     _check_location(source, where)
     ids = source.get("session_ids")
     if source["kind"] == "simulated":
-        if source.get("scale", "default") != "default":
-            raise MeireportError("source.scale: 'full' is not available in this release yet "
-                                 "(the real-scale simulated session is being built); use "
-                                 "'default'")
-        for sid in ids or [DEFAULT_SESSION_ID]:
-            simulate_session(where, seed=source.get("seed", 0), session_id=sid,
-                             n_images=source.get("n_images", 118),
-                             n_repeats=source.get("n_repeats", 50), progress=progress)
-        found = list(ids or [DEFAULT_SESSION_ID])
+        scale = source.get("scale", "default")
+        if scale == "full":  # a real session's shape and size (meireport.sources.fullscale)
+            from meireport.sources.fullscale import FULL_SESSION_ID, simulate_full_session
+
+            for field, fixed in (("n_images", 118), ("n_repeats", 50)):
+                if source.get(field, fixed) != fixed:
+                    raise MeireportError(
+                        f"source.{field}: must be {fixed} (or left out) with scale: full, got "
+                        f"{source[field]!r} (the full-scale session's natural scenes are a "
+                        "real session's: 118 images x 50 repeats)")
+            default_ids = [FULL_SESSION_ID]
+            for sid in ids or default_ids:
+                simulate_full_session(where, seed=source.get("seed", 0), session_id=sid,
+                                      progress=progress)
+        elif scale == "default":
+            default_ids = [DEFAULT_SESSION_ID]
+            for sid in ids or default_ids:
+                simulate_session(where, seed=session_seed(source.get("seed", 0), sid),
+                                 session_id=sid,
+                                 n_images=source.get("n_images", 118),
+                                 n_repeats=source.get("n_repeats", 50), progress=progress)
+        else:
+            raise MeireportError(f"source.scale: expected 'default' or 'full', got {scale!r}")
+        found = list(ids or default_ids)
     elif source["kind"] == "nwb":
         with _field("source.path"), open_session(where) as s:
             found = [s.session_id]
@@ -246,7 +281,7 @@ def preflight_session(source: dict, session_id: int, run_dir,
         if extract is not None:
             area = extract.get("area")
             with _field("extract.area"):
-                ids = s.unit_ids(area)
+                ids = area_unit_ids(s, area)
             if not len(ids):
                 raise MeireportError(
                     f"extract: no unit of {what} passes the unit filter ({len(units)} of "
