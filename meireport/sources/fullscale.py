@@ -50,6 +50,7 @@ from meireport.sources.simulate import (
     PRESENTATION_S,
     GroundTruth,
     SimulatedSession,
+    channel_pool,
     draw_units,
     natural_images,
     true_rate,
@@ -468,14 +469,7 @@ def _peak_channels(rng, area: np.ndarray, fail: np.ndarray, probes: dict) -> np.
     for i, a in enumerate(area):
         names = [p for p, pr in probes.items() if a in set(pr["location"])]
         pr = probes[names[int(rng.integers(len(names)))]]
-        if fail[i] == "out_of_brain":
-            pool = np.flatnonzero(pr["location"] == "None")
-        elif fail[i] == "invalid_channel":
-            pool = np.flatnonzero(~pr["valid"] & (pr["location"] == a))
-            pool = pool if len(pool) else np.flatnonzero(~pr["valid"])
-        else:
-            pool = np.flatnonzero((pr["location"] == a) & pr["valid"])
-        out[i] = pr["ids"][int(rng.choice(pool))]
+        out[i] = pr["ids"][int(rng.choice(channel_pool(pr, a, fail[i])))]
     return out
 
 

@@ -169,6 +169,24 @@ class SpikeTimes(Mapping):
         return int(self._end[r] - (self._end[r - 1] if r > 0 else 0))
 
 
+def _is_empty(col: pd.Series) -> bool:
+    """Whether a column holds nothing: every value missing, or every value's text ``""``.
+
+    A numeric column with a value is not empty (its text is never ``""``): only other columns
+    are turned into text.
+
+    Examples
+    --------
+    >>> [_is_empty(pd.Series(v)) for v in ([np.nan, np.nan], ["", ""], ["", "a"], [0.0, np.nan])]
+    [True, True, False, False]
+    """
+    if col.isna().all():
+        return True
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return False
+    return bool((col.astype(str) == "").all())
+
+
 def _numeric_or_object(col: pd.Series) -> pd.Series:
     """Convert an object column to float when every non-empty value is a number."""
     if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
@@ -471,7 +489,7 @@ class Session:
                 f"available: {', '.join(self.stimulus_names)}"
             )
         t = sp[sp["stimulus_name"] == name].copy()
-        empty = [c for c in t if t[c].isna().all() or (t[c].astype(str) == "").all()]
+        empty = [c for c in t if _is_empty(t[c])]
         t = t.drop(columns=empty)
         for c in t.columns:
             t[c] = _numeric_or_object(t[c])

@@ -39,6 +39,7 @@ __all__ = [
     "simulate_session",
     "draw_units",
     "write_templates",
+    "channel_pool",
     "SimulatedSession",
     "GroundTruth",
     "load_ground_truth",
@@ -726,18 +727,25 @@ def _channels(rng, areas: list[str]) -> dict[str, dict]:
     return probes
 
 
+def channel_pool(probe: dict, area: str, failure: str) -> np.ndarray:
+    """Indices of the probe's channels a unit of ``area`` may peak on, given its QC failure.
+
+    Out of the brain: a channel outside any structure; an invalid channel: an invalid one in
+    the area (else any invalid one); otherwise a valid channel in the area.
+    """
+    if failure == "out_of_brain":
+        return np.flatnonzero(probe["location"] == "None")
+    if failure == "invalid_channel":
+        pool = np.flatnonzero(~probe["valid"] & (probe["location"] == area))
+        return pool if len(pool) else np.flatnonzero(~probe["valid"])
+    return np.flatnonzero((probe["location"] == area) & probe["valid"])
+
+
 def _peak_channels(rng, truth: GroundTruth, fail: np.ndarray, probes: dict) -> np.ndarray:
     out = np.zeros(len(truth.unit_id), dtype=np.int64)
     for i, a in enumerate(truth.area):
         pr = probes[_PROBE_OF_AREA.get(a, "probeC")]
-        if fail[i] == "out_of_brain":
-            pool = np.flatnonzero(pr["location"] == "None")
-        elif fail[i] == "invalid_channel":
-            pool = np.flatnonzero(~pr["valid"] & (pr["location"] == a))
-            pool = pool if len(pool) else np.flatnonzero(~pr["valid"])
-        else:
-            pool = np.flatnonzero((pr["location"] == a) & pr["valid"])
-        out[i] = pr["ids"][int(rng.choice(pool))]
+        out[i] = pr["ids"][int(rng.choice(channel_pool(pr, a, fail[i])))]
     return out
 
 
