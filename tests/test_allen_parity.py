@@ -305,9 +305,10 @@ def test_invalid_times_masking(sim, tmp_path):
         io.write(nwb)
     a = EcephysSession.from_nwb_path(str(path))
     with open_session(path) as s:
+        o = s.stimulus_table("natural_scenes")  # first: read from its own table only
+        assert "stimulus_presentations" not in s.__dict__
         o_all = s.stimulus_presentations
         assert a.stimulus_presentations["stimulus_name"].tolist() == o_all["stimulus_name"].tolist()
-        o = s.stimulus_table("natural_scenes")
         ta = a.get_stimulus_table(["natural_scenes"])
         assert o.index.tolist() == ta.index.tolist()
         # rows 3-5 overlap; contiguous presentations share an edge with them, and the overlap

@@ -33,7 +33,7 @@ from meireport.report.run import LOCK_FILE, MARK_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "params" / "tiny.yaml"
-N_TASKS = 6  # extract, select, one neuron's train, mei, gabor, the summary
+N_TASKS = 7  # extract, select, one neuron's train, mei, gabor, the summary, the run-level summary
 
 pytestmark = pytest.mark.slow
 

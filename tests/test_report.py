@@ -99,11 +99,15 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("book"))  # a moved run stays cached
     again = run(TINY, out=out, progress=False)
     assert again.executed == [] and all(r.status == "cached" for r in again.results)
-    # an MEI parameter: only the MEI, the Gabor comparison and the summary re-run
+    # an MEI parameter: only the MEI, the Gabor comparison and the summary re-run, and the
+    # run-level summary when the session summary it reads changed
     p = load_params(TINY)
     mei = p.model_copy(update={"mei": p.mei.model_copy(update={"steps": 25})})
+    summary_csv = _session_dir(out) / "summary.csv"
+    before = summary_csv.read_bytes()
     res = run(mei, out=out, progress=False)
-    assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"}
+    across = {"across"} if summary_csv.read_bytes() != before else set()
+    assert {r.stage for r in res.executed} == {"mei", "gabor", "summary"} | across
     # a trust threshold: the MEI stage assesses trust, so it re-runs with what reads its outputs;
     # the data-limit chapter relabels its units (its models and MEIs are reused, not refitted)
     strict = mei.model_copy(update={"trust": dataclasses.replace(mei.trust, max_rf_p=0.5)})
@@ -111,10 +115,12 @@ def test_rerun_executes_nothing_and_changes_reexecute_dependents(tiny_run, tmp_p
     mei_file = next(_session_dir(out).rglob("mei.npy"))
     stamp = mei_file.stat().st_mtime_ns
     mei_json = (mei_file.parent / "mei.json").read_bytes()
+    before = summary_csv.read_bytes()
     res = run(strict, out=out, progress=False)
     # the Gabor page re-renders only when the relabelled mei.json it reads changed
     changed = (mei_file.parent / "mei.json").read_bytes() != mei_json
-    assert {r.stage for r in res.executed} == {"mei", "summary", "limits"} | (
+    across = {"across"} if summary_csv.read_bytes() != before else set()
+    assert {r.stage for r in res.executed} == {"mei", "summary", "limits"} | across | (
         {"gabor"} if changed else set())
     assert fitted and _store_entries() == fitted  # nothing of the study recomputed
     assert mei_file.stat().st_mtime_ns == stamp  # relabelled, not resynthesised

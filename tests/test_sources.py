@@ -64,6 +64,42 @@ def handmade(tmp_path, nwb_writer):
     return path
 
 
+def _tables_built_alone_equal_the_whole_tables(path) -> list[str]:
+    """Each stimulus' table built first (from its own table and the others' times) equals the
+    one cut from the whole presentations table; the stimuli checked."""
+    with open_session(path) as whole:
+        names = [n for n in whole.stimulus_names if n != "invalid_presentation"]
+        for name in names:
+            with open_session(path) as s:
+                alone = s.stimulus_table(name)
+                assert "stimulus_presentations" not in s.__dict__  # the whole was not built
+            cut = whole.stimulus_presentations
+            pd.testing.assert_frame_equal(alone, whole.stimulus_table(name))
+            assert set(alone.index) <= set(cut.index[cut["stimulus_name"] == name])
+    return names
+
+
+def test_one_stimulus_table_is_read_alone_and_equals_the_whole_tables_cut(
+        handmade, small_session, tmp_path):
+    import pynwb
+
+    assert _tables_built_alone_equal_the_whole_tables(handmade) == ["a", "b"]
+    # a simulated session with a stimulus-tagged invalid interval over natural scenes
+    path = tmp_path / small_session.nwb_path.name
+    shutil.copyfile(small_session.nwb_path, path)
+    with open_session(path) as s:
+        ns = s.stimulus_table("natural_scenes")
+    with pynwb.NWBHDF5IO(str(path), "a") as io:
+        nwb = io.read()
+        nwb.add_invalid_time_interval(start_time=float(ns["start_time"].iloc[2]),
+                                      stop_time=float(ns["stop_time"].iloc[3]),
+                                      tags=["stimulus"])
+        io.write(nwb)
+    assert {"gabors", "natural_scenes"} <= set(_tables_built_alone_equal_the_whole_tables(path))
+    with open_session(path) as s:
+        assert len(s.stimulus_table("natural_scenes")) < len(ns)  # the masked rows left
+
+
 def test_allensdk_numbering_and_tables(handmade):
     with open_session(handmade) as s:
         sp = s.stimulus_presentations

@@ -97,14 +97,15 @@ def _decode(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def _read_dataset(ds: h5py.Dataset) -> np.ndarray:
+def _read_dataset(ds: h5py.Dataset, rows: slice = slice(None)) -> np.ndarray:
     if h5py.check_string_dtype(ds.dtype) is not None:
-        return np.asarray(ds.asstr()[()], dtype=object)
-    return _decode(np.asarray(ds[()]))
+        return np.asarray(ds.asstr()[rows], dtype=object)
+    return _decode(np.asarray(ds[rows]))
 
 
-def _table_columns(group: h5py.Group, skip: set[str] = frozenset()) -> dict[str, np.ndarray]:
-    """Scalar (1-D, not ragged, not reference) columns of an NWB DynamicTable group."""
+def _table_columns(group: h5py.Group, skip: set[str] = frozenset(),
+                   rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Scalar (1-D, not ragged, not reference) columns of an NWB DynamicTable group (``rows``)."""
     names = [
         n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("colnames", [])
     ]
@@ -121,7 +122,7 @@ def _table_columns(group: h5py.Group, skip: set[str] = frozenset()) -> dict[str,
             and (h5py.check_string_dtype(ds.dtype) is None)
         ):
             continue
-        out[name] = _read_dataset(ds)
+        out[name] = _read_dataset(ds, rows)
     return out
 
 
@@ -196,6 +197,14 @@ def _numeric_or_object(col: pd.Series) -> pd.Series:
         return pd.to_numeric(vals, errors="raise")
     except (ValueError, TypeError):
         return col
+
+
+def _presentation_frame(key: str, grp: h5py.Group, rows: slice = slice(None)) -> pd.DataFrame:
+    """One ``*_presentations`` table (``rows`` of it) as the whole-session table stacks it."""
+    df = pd.DataFrame(_table_columns(grp, skip=_SKIP_INTERVAL_COLUMNS, rows=rows))
+    if "stimulus_name" not in df:
+        df["stimulus_name"] = key.removesuffix("_presentations")
+    return df.replace({"N/A": ""})
 
 
 class Session:
@@ -396,24 +405,78 @@ class Session:
     @cached_property
     def stimulus_presentations(self) -> pd.DataFrame:
         """All presentations, numbered as AllenSDK numbers them (``stimulus_presentation_id``)."""
-        if "intervals" not in self._file:
-            raise MeireportError(f"{self.where} has no intervals (stimulus tables)")
-        frames = []
-        for key, grp in self._file["intervals"].items():
-            if not key.endswith("_presentations") or not isinstance(grp, h5py.Group):
-                continue
-            df = pd.DataFrame(_table_columns(grp, skip=_SKIP_INTERVAL_COLUMNS))
-            if "stimulus_name" not in df:
-                df["stimulus_name"] = key.removesuffix("_presentations")
-            frames.append(df.replace({"N/A": ""}))
-        if not frames:
+        groups = self._presentation_groups()
+        if not groups:
             raise MeireportError(f"{self.where} has no intervals/*_presentations tables")
+        frames = [_presentation_frame(key, grp) for key, grp in groups]
         table = pd.concat(frames, ignore_index=True, sort=False)
         table = table.sort_values("start_time", kind="stable").reset_index(drop=True)
         table.index = table.index.astype(np.int64)
         table.index.name = "stimulus_presentation_id"
         table = self._mask_invalid_presentations(table)
         return table[sorted(table.columns)]
+
+    def _presentation_groups(self) -> list[tuple[str, h5py.Group]]:
+        """The ``intervals/*_presentations`` tables, in the file's order."""
+        if "intervals" not in self._file:
+            raise MeireportError(f"{self.where} has no intervals (stimulus tables)")
+        return [(key, grp) for key, grp in self._file["intervals"].items()
+                if key.endswith("_presentations") and isinstance(grp, h5py.Group)]
+
+    def _one_stimulus(self, name: str) -> pd.DataFrame | None:
+        """Rows of :attr:`stimulus_presentations` that are ``name``'s, reading only its tables.
+
+        The same rows, index, columns and dtypes as filtering the whole table, which is what
+        a report's first count would otherwise build: every other table contributes only its
+        start and stop times (the presentations' numbering, the invalid intervals), its
+        stimulus names, and one row (what its columns do to the dtypes of a concatenation).
+        ``None`` when the whole table is already built, or when no table has ``name`` (the
+        caller then builds the whole table and names what is there).
+        """
+        if "stimulus_presentations" in self.__dict__:
+            return None
+        groups = self._presentation_groups()
+        starts, stops, frames, mine = [], [], [], []
+        for key, grp in groups:
+            if "start_time" not in grp or "stop_time" not in grp:
+                return None
+            start = np.asarray(grp["start_time"][()], dtype=np.float64)
+            if "stimulus_name" in _table_columns(grp, rows=slice(0, 0)):
+                raw = np.asarray(grp["stimulus_name"][()])  # bytes: not decoded to compare
+                has = bool(((raw == name.encode()) | (raw == name)).any())
+            else:
+                has = key.removesuffix("_presentations") == name
+            has = has and bool(len(start))
+            frames.append(_presentation_frame(key, grp, slice(None) if has or not len(start)
+                                              else slice(0, 1)))
+            mine.append(np.arange(len(start)) if has else np.arange(0))
+            starts.append(start)
+            stops.append(np.asarray(grp["stop_time"][()], dtype=np.float64))
+        if not any(len(m) for m in mine):
+            return None
+        start, stop = np.concatenate(starts), np.concatenate(stops)
+        pid = np.empty(len(start), dtype=np.int64)
+        pid[np.argsort(start, kind="stable")] = np.arange(len(start))
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in starts])[:-1]])
+        table = pd.concat(frames, ignore_index=True, sort=False)
+        lengths = [len(f) for f in frames]
+        keep = np.concatenate([np.arange(n) < len(m) for n, m in zip(lengths, mine, strict=True)])
+        ids = np.concatenate([o + m for o, m in zip(offsets, mine, strict=True)])
+        table = table[keep]
+        table.index = pd.Index(pid[ids], dtype=np.int64, name="stimulus_presentation_id")
+        table = table.sort_index(kind="stable")
+        positions = ids[np.argsort(pid[ids], kind="stable")]  # of the rows, as now sorted
+        table = self._mask_invalid_presentations(table, self._invalid_mask(start, stop),
+                                                 positions)
+        table = table[sorted(table.columns)]
+        return table[table["stimulus_name"] == name]
+
+    def _invalid_mask(self, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Which presentations (by position) overlap a stimulus-tagged invalid interval."""
+        bad = np.zeros(len(start), dtype=bool)
+        for b0, b1 in self._invalid_stimulus_intervals():
+            bad |= np.maximum(start, b0) <= np.minimum(stop, b1)
+        return bad
 
     def _invalid_stimulus_intervals(self) -> np.ndarray:
         """``k x 2`` (start, stop) of the ``invalid_times`` rows tagged ``stimulus``."""
@@ -432,22 +495,23 @@ class Session:
         stop = np.asarray(grp["stop_time"][()], dtype=np.float64)
         return np.column_stack([start[rows], stop[rows]])
 
-    def _mask_invalid_presentations(self, table: pd.DataFrame) -> pd.DataFrame:
+    def _mask_invalid_presentations(self, table: pd.DataFrame, session_bad: np.ndarray | None
+                                    = None, rows: np.ndarray | None = None) -> pd.DataFrame:
         """Rename presentations that overlap a stimulus-tagged invalid interval, as AllenSDK does.
 
         AllenSDK 2.16 keeps such a row (same ``stimulus_presentation_id``, start and stop time)
         but names it ``invalid_presentation`` and blanks its parameters, so it drops out of every
         stimulus' table. Intervals overlap when ``max(starts) <= min(stops)`` (touching counts).
+        ``table`` is every presentation, or some of them: then ``session_bad`` is the mask of
+        every presentation (by position) and ``rows`` the positions of the table's rows.
         """
-        bad_intervals = self._invalid_stimulus_intervals()
-        if not len(bad_intervals):
-            return table
-        start = table["start_time"].to_numpy(dtype=np.float64)
-        stop = table["stop_time"].to_numpy(dtype=np.float64)
-        bad = np.zeros(len(table), dtype=bool)
-        for b0, b1 in bad_intervals:
-            bad |= np.maximum(start, b0) <= np.minimum(stop, b1)
-        if bad.any():
+        if session_bad is None:
+            start = table["start_time"].to_numpy(dtype=np.float64)
+            stop = table["stop_time"].to_numpy(dtype=np.float64)
+            session_bad = bad = self._invalid_mask(start, stop)
+        else:
+            bad = session_bad[rows]
+        if session_bad.any():  # the whole table's columns change type, so do the part's
             table = table.copy()
             params = [c for c in table.columns if c not in ("start_time", "stop_time")]
             for c in params:  # int/bool columns cannot hold NaN
@@ -482,13 +546,16 @@ class Session:
         return {}
 
     def _build_stimulus_table(self, name: str) -> pd.DataFrame:
-        sp = self.stimulus_presentations
-        if name not in set(sp["stimulus_name"]):
-            raise MeireportError(
-                f"stimulus: '{name}' not in session {self.session_id}; "
-                f"available: {', '.join(self.stimulus_names)}"
-            )
-        t = sp[sp["stimulus_name"] == name].copy()
+        t = self._one_stimulus(name)
+        if t is None:
+            sp = self.stimulus_presentations
+            if name not in set(sp["stimulus_name"]):
+                raise MeireportError(
+                    f"stimulus: '{name}' not in session {self.session_id}; "
+                    f"available: {', '.join(self.stimulus_names)}"
+                )
+            t = sp[sp["stimulus_name"] == name]
+        t = t.copy()
         empty = [c for c in t if _is_empty(t[c])]
         t = t.drop(columns=empty)
         for c in t.columns:
