@@ -186,8 +186,9 @@ def test_failure_is_isolated(tiny_run):
     assert "unit_id: 1 is not a unit" in " ".join(text.split())
     summary = _summary(out)
     assert summary.set_index("unit_id").loc[1, "status"].startswith("failed at train")
-    back = run(TINY, out=out, progress=False)  # back to the selected neurons (summary only)
-    assert {r.stage for r in back.executed} == {"summary"}
+    # back to the selected neurons: the summary only, and the run-level summary that reads it
+    back = run(TINY, out=out, progress=False)
+    assert {r.stage for r in back.executed} == {"summary", "across"}
     build_book(out)
 
 
@@ -199,6 +200,9 @@ def test_select_session_failure_does_not_stop_the_run(tmp_path):
     assert {(r.stage, r.status) for r in res.failed} == {("select", "failed"),
                                                          ("summary", "skipped")}
     assert any(r.stage == "extract" and r.status == "ok" for r in res.results)
+    # the run-level summary runs on what there is (no session with a selection here)
+    (across,) = [r for r in res.results if r.stage == "across"]
+    assert across.status == "ok"
     index = build_book(tmp_path)
     text = "\n".join(f.read_text() for f in index.parent.rglob("*.html"))
     assert "MeireportError" in text or "could not be produced" in text

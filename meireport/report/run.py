@@ -651,7 +651,8 @@ def run_task(run_dir: str, task, deps: list[TaskResult]) -> TaskResult:
     A notebook task whose inputs are missing (an upstream task failed) is ``skipped``; one whose
     cache record matches is ``cached``; else its notebook is executed and recorded. A call task
     (:class:`meireport.report.engine.CallTask`) is skipped when a dependency failed. A session
-    summary first writes the session's ``status.json`` from its dependencies' results.
+    summary first writes the session's ``status.json`` from its dependencies' results; it and
+    the run-level summary across sessions run whatever failed before them.
     """
     run_dir = Path(run_dir)
     t0 = time.time()
@@ -663,6 +664,8 @@ def run_task(run_dir: str, task, deps: list[TaskResult]) -> TaskResult:
         res = _run_call(task, bad)
     elif task.stage == "summary":  # shows every outcome of its session, failures included
         _write_status(Path(task.session_dir), deps)
+        res = _run_notebook(run_dir, task)
+    elif task.stage == "across":  # every session that has tables, whatever failed elsewhere
         res = _run_notebook(run_dir, task)
     elif bad:  # not run on what an earlier, successful run left behind
         res = TaskResult(task.task_id, task.stage, task.session_id, task.unit_id, "skipped",
