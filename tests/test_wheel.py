@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
 TINY = ROOT / "params" / "tiny.yaml"
-N_STAGES = 7  # 01_extract ... 07_limits
+N_STAGES = 8  # 01_extract ... 07_limits, 08_across
 PAGES = ("methods.md", "meireport.css")
 # never copied into the build folder: VCS, caches, build outputs, run folders, data caches
 _SKIP = {".git", ".nox", "__pycache__", "build", "dist", "runs", "_build", "allen_cache",
