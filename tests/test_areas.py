@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import nbformat
@@ -250,8 +251,15 @@ def test_two_sessions_two_areas_report_end_to_end(two_session_run):
     page = index.parent / "across" / "08_across.html"
     text = page.read_text()
     assert "Across sessions and areas" in text and "<img" in text
+    # the table is an HTML table in the page, not Markdown shown as text (a notebook's
+    # Markdown output is rendered as CommonMark, which has no tables)
+    tables = re.findall(r"<table.*?</table>", text, flags=re.S)
+    assert len(tables) == 1, len(tables)
+    assert "| session |" not in text and "<th>session</th>" in tables[0]
     for sid in SESSIONS:
-        assert f"../sessions/{sid}/06_summary.html" in text
+        assert f'<a href="../sessions/{sid}/06_summary.html">{sid}</a>' in tables[0]
+        assert (page.parent / f"../sessions/{sid}/06_summary.html").resolve().is_file()
+    assert tables[0].count("<tr>") == 1 + 2 * 2  # header + two sessions x two areas
     landing = (index.parent / "intro.html").read_text()
     assert "across/08_across.html" in landing
     assert load_params(TINY).extract.area == "VISam"  # the shipped tiny params untouched

@@ -23,6 +23,7 @@ ships and which loads nothing from the internet.
 
 from __future__ import annotations
 
+import html
 import math
 import shutil
 import zipfile
@@ -404,11 +405,23 @@ _RUN_HEADERS = {
 
 def _run_cell(column: str, value) -> str:
     if column == "session_id":  # the page is across/08_across.html
-        return f"[{int(value)}](../sessions/{int(value)}/06_summary.html)"
+        return f'<a href="../sessions/{int(value)}/06_summary.html">{int(value)}</a>'
     digits = _RUN_HEADERS[column][1]
     if digits is None:
-        return str(value) if column == "area" else str(int(value))
+        return html.escape(str(value)) if column == "area" else str(int(value))
     return _fmt(value, digits)
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A table as the lines of one raw HTML block (no blank line inside, so it stays one).
+
+    It scrolls inside the content column when wider (``meireport-scroll`` in the site's CSS).
+    """
+    def cells(tag: str, values: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{v}</{tag}>" for v in values) + "</tr>"
+    return ['<div class="meireport-scroll">', '<table class="table">', "<thead>",
+            cells("th", headers), "</thead>", "<tbody>", *(cells("td", r) for r in rows),
+            "</tbody>", "</table>", "</div>", ""]
 
 
 def run_summary_markdown(table: pd.DataFrame, per_area: bool = False) -> str:
@@ -416,8 +429,9 @@ def run_summary_markdown(table: pd.DataFrame, per_area: bool = False) -> str:
 
     ``table`` is :func:`meireport.report.summary.run_summary_table`'s; a column that is empty
     in every row (e.g. the true-rate ratio on real sessions) is left out. ``per_area`` says
-    how the selection rule was applied (``selection.per_area``). Plain Markdown (the page is a
-    notebook's output); session ids link to each session's summary page.
+    how the selection rule was applied (``selection.per_area``). Markdown with the table as
+    one HTML block: the page is a notebook's output, which the book renders as CommonMark (no
+    Markdown tables there). Session ids link to each session's summary page.
 
     Examples
     --------
@@ -425,8 +439,10 @@ def run_summary_markdown(table: pd.DataFrame, per_area: bool = False) -> str:
     >>> row = dict.fromkeys(RUN_SUMMARY_COLUMNS, 1) | {"area": "VISp", "oracle_corr": 0.5,
     ...                                                "mei_gabor_true_ratio": math.nan}
     >>> text = run_summary_markdown(pd.DataFrame([row]))
-    >>> "| [1](../sessions/1/06_summary.html) | VISp | 1 |" in text, "(true)" in text
-    (True, False)
+    >>> '<td><a href="../sessions/1/06_summary.html">1</a></td><td>VISp</td><td>1</td>' in text
+    True
+    >>> "(true)" in text, "|---|" in text
+    (False, False)
     """
     if per_area:
         lines = ["The selection rule is applied **within each area** (`selection.per_area`): "
@@ -443,10 +459,8 @@ def run_summary_markdown(table: pd.DataFrame, per_area: bool = False) -> str:
         return "\n".join(lines + ["*No session was analysed.*", ""])
     cols = [c for c in table.columns if c in _RUN_HEADERS
             and (_RUN_HEADERS[c][1] is None or table[c].notna().any())]
-    lines += ["| " + " | ".join(_RUN_HEADERS[c][0] for c in cols) + " |",
-              "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_run_cell(c, r[c]) for c in cols) + " |"
-              for r in table.to_dict("records")]
+    lines += _html_table([_RUN_HEADERS[c][0] for c in cols],
+                         [[_run_cell(c, r[c]) for c in cols] for r in table.to_dict("records")])
     lines += ["", "*oracle r*: jackknife oracle correlation; *test r*: the CNN's prediction vs "
               "held-out image means; *frac_oracle*: its single-trial correlation over the "
               "oracle; *high / medium / low / n/a*: MEIs per trust label; *MEI peak SF*: peak "
