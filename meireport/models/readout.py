@@ -131,6 +131,32 @@ class Pyramid(nn.Module):
         return levels
 
 
+#: Point readouts of at most this many units weigh the maps directly (no pyramid is built).
+_MAPS_UP_TO = 16
+
+
+def _bilinear_splat(grid: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``units x rows x cols`` bilinear weights of normalised positions (``align_corners=True``).
+
+    ``sum(splat[u] * m) == grid_sample(m, grid[u])`` for a ``rows x cols`` map ``m``.
+    """
+    col = (grid[:, 0] + 1) / 2 * (cols - 1)
+    row = (grid[:, 1] + 1) / 2 * (rows - 1)
+    return _hat(row, rows)[:, :, None] * _hat(col, cols)[:, None, :]
+
+
+def _hat(pos: torch.Tensor, size: int) -> torch.Tensor:
+    """Linear-interpolation weights of positions on ``size`` pixels, ``len(pos) x size``.
+
+    As ``grid_sample`` computes them (floor and fraction), so that the gradient in ``pos`` is
+    the same too, at whole pixels and at the border (where the pixel beyond counts as zero).
+    """
+    lo = pos.detach().floor()
+    frac = (pos - lo)[:, None]
+    j = torch.arange(size, dtype=pos.dtype, device=pos.device)[None]
+    return (j == lo[:, None]) * (1 - frac) + (j == lo[:, None] + 1) * frac
+
+
 def _n_units(n_units) -> int:
     if isinstance(n_units, bool) or int(n_units) != n_units or int(n_units) < 1:
         raise MeireportError(f"n_units: expected an integer >= 1, got {n_units!r}")
@@ -199,12 +225,51 @@ class PointPyramidReadout(nn.Module):
         return self.grid.detach().clamp(-1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Responses ``N x n_units`` (before the output nonlinearity)."""
+        """Responses ``N x n_units`` (before the output nonlinearity).
+
+        With few units, the pyramid is not built: each level sampled at a unit's position is a
+        linear functional of the maps, so the readout is one weight map per unit and channel
+        (:meth:`weight_maps`) applied to the maps; with many, the pyramid of the maps is built
+        once and sampled. The two give the same responses (up to float rounding); the first
+        costs ``n_units`` multiply-adds per map pixel against ~70 for the pyramid.
+        """
+        if self.n_units <= _MAPS_UP_TO:
+            return torch.einsum("nchw,uchw->nu", x, self.weight_maps(x.shape[-2:])) + self.bias
         n = x.shape[0]
         grid = self.grid.clamp(-1, 1)[None, :, None, :].expand(n, -1, 1, 2)
         pools = [F.grid_sample(lvl, grid, align_corners=True) for lvl in self.pyramid(x)]
         sampled = torch.cat(pools, dim=1)[..., 0]  # N x (C * levels) x units
         return (sampled * self.features[None]).sum(dim=1) + self.bias
+
+    def sampling_maps(self, shape) -> torch.Tensor:
+        """What each level sampled at each unit's position weighs in a map of ``shape``.
+
+        ``units x levels x rows x cols``: ``sample(level_k(m), position_u) = sum(K[u, k] * m)``
+        for any map ``m``. The pyramid is linear, so ``K[u, k]`` is its adjoint applied to the
+        bilinear splat of the position on level ``k`` (computed by autograd; differentiable in
+        the positions while gradients are on).
+        """
+        levels_n = self.config.scale_n + 1
+        train = torch.is_grad_enabled() and self.grid.requires_grad
+        grid = self.grid.clamp(-1, 1)
+        with torch.enable_grad():
+            probe = torch.zeros(1, self.n_units * levels_n, *shape, dtype=grid.dtype,
+                                device=grid.device, requires_grad=True)
+            total = probe.new_zeros(())
+            for k, lvl in enumerate(self.pyramid(probe)):
+                splat = _bilinear_splat(grid, *lvl.shape[-2:])  # units x rows_k x cols_k
+                total = total + (lvl[0, k::levels_n] * splat).sum()
+            (maps,) = torch.autograd.grad(total, probe, create_graph=train)
+        return maps.reshape(self.n_units, levels_n, *shape)
+
+    def weight_maps(self, shape) -> torch.Tensor:
+        """The readout as one weight map per unit and channel, ``units x channels x rows x cols``.
+
+        ``response_u = sum(weight_maps[u] * feature_maps) + bias_u``.
+        """
+        levels_n, c = self.config.scale_n + 1, self.in_channels
+        feats = self.features.reshape(levels_n, c, self.n_units)
+        return torch.einsum("kcu,ukhw->uchw", feats, self.sampling_maps(shape))
 
     def constrain(self) -> None:
         """Project parameters onto their constraints (call after each optimiser step)."""
