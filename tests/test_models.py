@@ -169,6 +169,69 @@ def test_point_readout_gradients_and_positive_constraint():
     assert float(r.features.min()) >= 0 and float(r.grid.abs().max()) <= 1
 
 
+def _grads(r, x):
+    out = r(x)
+    return [out, *torch.autograd.grad((out**2).sum(), [x, r.grid, r.features, r.bias])]
+
+
+@pytest.mark.parametrize("n_units", [1, 3])
+def test_point_readout_weight_maps_equal_sampling_the_pyramid(monkeypatch, n_units):
+    """Few units: the readout weighs the maps (no pyramid); the same responses and gradients.
+
+    One unit sits exactly on a corner and one on a whole pixel, where ``grid_sample``'s
+    gradient is one-sided: the weight maps must give the same one.
+    """
+    from meireport.models import readout as readout_module
+
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(-1, 1, (n_units, 2))
+    if n_units == 3:
+        pos[0] = [1.0, -1.0]
+        pos[1] = [2 * 7 / 47 - 1, 2 * 4 / 29 - 1]  # pixel (col 7, row 4) of a 30 x 48 map
+    r = PointPyramidReadout(8, n_units, ReadoutConfig(scale_n=3), positions=pos)
+    with torch.no_grad():
+        r.features.uniform_(0, 1)
+        r.bias.uniform_()
+    x = torch.randn(5, 8, 30, 48, requires_grad=True)
+    maps = _grads(r, x)
+    monkeypatch.setattr(readout_module, "_MAPS_UP_TO", 0)  # build and sample the pyramid
+    pyramid = _grads(r, x)
+    for name, a, b in zip(("responses", "x", "grid", "features", "bias"), maps, pyramid,
+                              strict=True):
+        scale = float(b.abs().max())
+        assert scale > 0, name
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-5 * scale,
+                                   err_msg=name)
+
+
+def test_point_readout_sampling_maps_are_the_pyramids_adjoint():
+    """``sum(K[u, k] * m) == sample(level_k(m), position_u)`` for a random map ``m``."""
+    r = PointPyramidReadout(1, 2, ReadoutConfig(scale_n=2), positions=[[0.3, -0.2], [-1, 1]])
+    m = torch.randn(1, 1, 15, 22)
+    maps = r.sampling_maps((15, 22))
+    assert tuple(maps.shape) == (2, 3, 15, 22)
+    grid = r.positions()[None, :, None, :]
+    for k, lvl in enumerate(Pyramid(2)(m)):
+        sampled = torch.nn.functional.grid_sample(lvl, grid, align_corners=True)[0, 0, :, 0]
+        np.testing.assert_allclose((maps[:, k] * m[0]).sum(dim=(1, 2)).detach().numpy(),
+                                   sampled.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", [2, 3])
+def test_core_first_layer_equals_convolution_then_pooling(pooling):
+    """Layer 0 as one strided convolution gives the seed's conv -> avgpool -> norm -> ELU."""
+    core = Stacked2dCore(CoreConfig(hidden_channels=4, layers=2, input_kern=7, pooling=pooling))
+    core.eval()
+    x = torch.rand(3, 1, 33, 40)
+    layer = core.features[0]
+    ref = layer.nonlin(layer.norm(layer.pool(layer.conv(x))))
+    np.testing.assert_allclose(core(x)[:, :4].detach().numpy(), ref.detach().numpy(),
+                               atol=1e-5)
+    grad = torch.autograd.grad(core(x)[:, :4].sum(), layer.conv.weight)[0]
+    grad_ref = torch.autograd.grad(ref.sum(), layer.conv.weight)[0]
+    np.testing.assert_allclose(grad.numpy(), grad_ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_point_readout_without_position_starts_near_the_middle():
     nan = np.full((50, 2), np.nan)
     r = PointPyramidReadout(2, 50, ReadoutConfig(init_range=0.1), positions=nan)
