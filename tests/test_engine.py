@@ -196,3 +196,26 @@ def test_a_shared_kernel_serves_several_notebooks_with_a_fresh_namespace(tmp_pat
         for _ in range(50):
             os.kill(pid, 0)
             time.sleep(0.1)
+
+
+def test_study_pieces_start_costliest_first_after_the_users_neurons():
+    """The default study's pieces by priority: sims first (they unlock the rest), then the
+    1000-image population and complex units, the 300-image simple units last; every study
+    piece after the user's neurons (the default book measured 120 s of one worker idle while
+    the 1000-image population fit ran alone at the end, when pieces started in plan order)."""
+    from meireport.report import limits
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params" / "default.yaml")
+    d = params.model_dump(mode="json")
+    pieces = limits.plan_tasks(d["limits"], d["model"], d["train"], d["selection"],
+                               cache="/tmp/unused")
+    order = [t.task_id for t in sorted(pieces, key=run_mod._priority)]
+    sims = [t for t in order if t.endswith("/sim")]
+    assert order[: len(sims)] == sims and len(sims) == 3
+    after = order[len(sims):]
+    assert after[0] == "limits/n1000/population"
+    assert set(after[1:5]) == {f"limits/n1000/unit/complex/{i}" for i in range(4)}
+    fits = [t for t in after if not t.endswith("/select")]  # selects are quick, last
+    assert fits[-4:] == [f"limits/n300/unit/simple/{i}" for i in range(4)]
+    neuron = SimpleNamespace(stage="mei")
+    assert max(run_mod._priority(t) for t in [neuron]) < min(map(run_mod._priority, pieces))

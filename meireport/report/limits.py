@@ -73,6 +73,8 @@ __all__ = [
     "unit_piece",
     "population_piece",
     "plan_tasks",
+    "piece_cost",
+    "piece_order",
     "limits_stage",
     "choose_spread",
     "curve_table",
@@ -676,6 +678,54 @@ def plan_tasks(limits: dict | None, model: dict | None, train: dict | None,
     if not cfg.enabled:
         return []
     return _plan(cfg, model, train, selection, str(cache_root(cache)))
+
+
+#: Rough cost of a piece per image (relative; measured on the default book): a complex unit's
+#: CNN fits about twice a simple one's epochs, the option comparison ~5x the models of a unit;
+#: the joint population fit grows slowly with its units.
+_COST_PER_IMAGE = {"sim": 0.03, "select": 0.05, "simple": 1.0, "complex": 2.0}
+_OPTIONS_COST = 5.0
+_POPULATION_COST = (1.0, 0.25)  # per image: a base and a share per modelled unit
+
+
+def piece_cost(task: CallTask) -> float:
+    """A study piece's expected cost (relative, roughly seconds on one core).
+
+    Examples
+    --------
+    >>> tasks = plan_tasks({"n_images": [100, 1000], "n_units": 1}, {}, {}, {}, cache="/tmp/c")
+    >>> [t.task_id for t in sorted(tasks, key=piece_cost, reverse=True)][:3]
+    ['limits/n1000/unit/complex/0', 'limits/n1000/population', 'limits/n1000/unit/simple/0']
+    """
+    kw = task.kwargs
+    piece = task.func.partition(":")[2].removesuffix("_piece")
+    cfg = LimitsParams.from_dict(kw.get("limits"))
+    n = float(kw.get("n", 0))
+    if piece == "unit":
+        options = _OPTIONS_COST if int(n) == cfg.options_at else 1.0
+        return n * _COST_PER_IMAGE.get(kw.get("kind"), 1.0) * options
+    if piece == "population":
+        base, per_unit = _POPULATION_COST
+        return n * (base + per_unit * len(TUNED) * cfg.n_units)
+    return n * _COST_PER_IMAGE.get(piece, 0.0)
+
+
+def piece_order(task: CallTask) -> int:
+    """Rank of a ready study piece for the scheduler: lower starts first.
+
+    ``sim`` pieces first (they unlock the rest), then the costliest (:func:`piece_cost`): the
+    1000-image population and complex units before the quick ones, so that the last pieces end
+    together instead of one long fit running alone at the end.
+
+    Examples
+    --------
+    >>> tasks = plan_tasks({"n_images": [100, 1000], "n_units": 1}, {}, {}, {}, cache="/tmp/c")
+    >>> [t.task_id for t in sorted(tasks, key=piece_order)][:3]
+    ['limits/n100/sim', 'limits/n1000/sim', 'limits/n1000/unit/complex/0']
+    """
+    if task.func.endswith(":sim_piece"):
+        return 0
+    return 1 + int(1e6 // (1.0 + piece_cost(task)))
 
 
 #: Each piece's implementation: its entry's key, computed first when it is missing.

@@ -995,10 +995,13 @@ def _priority(task) -> int:
     """Which ready task starts first: lower first, then in the order they became ready.
 
     Session stages (they unlock the neurons), then the user's neurons and pages, then the
-    data-limit study's pieces, which fill every worker the neurons leave free.
+    data-limit study's pieces, which fill every worker the neurons leave free, in the order of
+    :func:`meireport.report.limits.piece_order` (unlocking pieces, then the costliest).
     """
     if isinstance(task, CallTask):
-        return 2
+        from meireport.report.limits import piece_order
+
+        return 2 + piece_order(task)
     return 0 if task.stage in ("extract", "select") else 1
 
 
