@@ -174,14 +174,19 @@ def _grads(r, x):
     return [out, *torch.autograd.grad((out**2).sum(), [x, r.grid, r.features, r.bias])]
 
 
+@pytest.mark.parametrize("matrices", [True, False])
 @pytest.mark.parametrize("n_units", [1, 3])
-def test_point_readout_weight_maps_equal_sampling_the_pyramid(monkeypatch, n_units):
+def test_point_readout_weight_maps_equal_sampling_the_pyramid(monkeypatch, n_units, matrices):
     """Few units: the readout weighs the maps (no pyramid); the same responses and gradients.
 
     One unit sits exactly on a corner and one on a whole pixel, where ``grid_sample``'s
-    gradient is one-sided: the weight maps must give the same one.
+    gradient is one-sided: the weight maps must give the same one. The sampling maps come from
+    the levels' matrices or, for large maps, from autograd: both are checked.
     """
     from meireport.models import readout as readout_module
+
+    if not matrices:
+        monkeypatch.setattr(readout_module, "_MATRIX_PIXELS", 0)
 
     rng = np.random.default_rng(1)
     pos = rng.uniform(-1, 1, (n_units, 2))

@@ -133,6 +133,8 @@ class Pyramid(nn.Module):
 
 #: Point readouts of at most this many units weigh the maps directly (no pyramid is built).
 _MAPS_UP_TO = 16
+#: Pyramid levels of maps of at most this many pixels are kept as matrices (1440 px: 8 MB).
+_MATRIX_PIXELS = 2048
 
 
 def _bilinear_splat(grid: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -246,12 +248,18 @@ class PointPyramidReadout(nn.Module):
 
         ``units x levels x rows x cols``: ``sample(level_k(m), position_u) = sum(K[u, k] * m)``
         for any map ``m``. The pyramid is linear, so ``K[u, k]`` is its adjoint applied to the
-        bilinear splat of the position on level ``k`` (computed by autograd; differentiable in
-        the positions while gradients are on).
+        bilinear splat of the position on level ``k``: the splat times each level's matrix
+        (:meth:`level_matrices`, maps of up to :data:`_MATRIX_PIXELS` pixels), else computed by
+        autograd; differentiable in the positions either way.
         """
         levels_n = self.config.scale_n + 1
-        train = torch.is_grad_enabled() and self.grid.requires_grad
         grid = self.grid.clamp(-1, 1)
+        mats = self.level_matrices(shape, grid.dtype, grid.device)
+        if mats is not None:
+            k_maps = [_bilinear_splat(grid, *size).flatten(1) @ m
+                      for size, m in zip(self._level_shapes(shape), mats, strict=True)]
+            return torch.stack(k_maps, dim=1).reshape(self.n_units, levels_n, *shape)
+        train = torch.is_grad_enabled() and self.grid.requires_grad
         with torch.enable_grad():
             probe = torch.zeros(1, self.n_units * levels_n, *shape, dtype=grid.dtype,
                                 device=grid.device, requires_grad=True)
@@ -262,6 +270,30 @@ class PointPyramidReadout(nn.Module):
             (maps,) = torch.autograd.grad(total, probe, create_graph=train)
         return maps.reshape(self.n_units, levels_n, *shape)
 
+    def _level_shapes(self, shape) -> list[tuple[int, int]]:
+        h, w = (int(v) for v in shape)
+        out = []
+        for _ in range(self.config.scale_n):
+            out.append((h, w))
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return [*out, (h, w)]
+
+    def level_matrices(self, shape, dtype=torch.float32, device=None) -> list[torch.Tensor] | None:
+        """Each pyramid level as a matrix, ``(rows_k * cols_k) x (rows * cols)``, or None.
+
+        ``level_k(m).flatten() == M_k @ m.flatten()``: the pyramid of the identity, computed once
+        per map shape, dtype and device (None for maps of more than :data:`_MATRIX_PIXELS`).
+        """
+        h, w = (int(v) for v in shape)
+        if h * w > _MATRIX_PIXELS:
+            return None
+        key = (h, w, dtype, torch.device("cpu") if device is None else torch.device(device))
+        cache = self.__dict__.setdefault("_level_matrix_cache", {})
+        if key not in cache:
+            eye = torch.eye(h * w, dtype=dtype, device=key[3]).reshape(1, h * w, h, w)
+            with torch.no_grad():
+                cache[key] = [lvl[0].flatten(1).T.contiguous() for lvl in self.pyramid(eye)]
+        return cache[key]
     def weight_maps(self, shape) -> torch.Tensor:
         """The readout as one weight map per unit and channel, ``units x channels x rows x cols``.
 
