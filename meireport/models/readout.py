@@ -121,6 +121,23 @@ class Pyramid(nn.Module):
         )
         return lo, img - up
 
+    def level_shapes(self, shape) -> list[tuple[int, int]]:
+        """``(rows, cols)`` of each level for a map of ``shape``.
+
+        Each split keeps every second pixel, the first included.
+
+        Examples
+        --------
+        >>> Pyramid(scale_n=2).level_shapes((30, 47))
+        [(30, 47), (15, 24), (8, 12)]
+        """
+        h, w = (int(v) for v in shape)
+        out = []
+        for _ in range(self.scale_n):
+            out.append((h, w))
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return [*out, (h, w)]
+
     def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
         """Levels from fine (band-pass at full size) to coarse (low-pass rest)."""
         levels = []
@@ -257,7 +274,7 @@ class PointPyramidReadout(nn.Module):
         mats = self.level_matrices(shape, grid.dtype, grid.device)
         if mats is not None:
             k_maps = [_bilinear_splat(grid, *size).flatten(1) @ m
-                      for size, m in zip(self._level_shapes(shape), mats, strict=True)]
+                      for size, m in zip(self.pyramid.level_shapes(shape), mats, strict=True)]
             return torch.stack(k_maps, dim=1).reshape(self.n_units, levels_n, *shape)
         train = torch.is_grad_enabled() and self.grid.requires_grad
         with torch.enable_grad():
@@ -269,14 +286,6 @@ class PointPyramidReadout(nn.Module):
                 total = total + (lvl[0, k::levels_n] * splat).sum()
             (maps,) = torch.autograd.grad(total, probe, create_graph=train)
         return maps.reshape(self.n_units, levels_n, *shape)
-
-    def _level_shapes(self, shape) -> list[tuple[int, int]]:
-        h, w = (int(v) for v in shape)
-        out = []
-        for _ in range(self.config.scale_n):
-            out.append((h, w))
-            h, w = (h + 1) // 2, (w + 1) // 2
-        return [*out, (h, w)]
 
     def level_matrices(self, shape, dtype=torch.float32, device=None) -> list[torch.Tensor] | None:
         """Each pyramid level as a matrix, ``(rows_k * cols_k) x (rows * cols)``, or None.
@@ -294,6 +303,7 @@ class PointPyramidReadout(nn.Module):
             with torch.no_grad():
                 cache[key] = [lvl[0].flatten(1).T.contiguous() for lvl in self.pyramid(eye)]
         return cache[key]
+
     def weight_maps(self, shape) -> torch.Tensor:
         """The readout as one weight map per unit and channel, ``units x channels x rows x cols``.
 
