@@ -210,8 +210,8 @@ def test_study_pieces_start_costliest_first_after_the_users_neurons():
     pieces = limits.plan_tasks(d["limits"], d["model"], d["train"], d["selection"],
                                cache="/tmp/unused")
     order = [t.task_id for t in sorted(pieces, key=run_mod._priority)]
-    sims = [t for t in order if t.endswith("/sim")]
-    assert order[: len(sims)] == sims and len(sims) == 3
+    sims = [t for t in order if t.endswith("/sim") or "/pool/sim/" in t]
+    assert order[: len(sims)] == sims and len(sims) == 3 + 6  # 3 sizes, 6 pooled sessions
     after = order[len(sims):]
     assert after[0] == "limits/n1000/population"
     assert set(after[1:5]) == {f"limits/n1000/unit/complex/{i}" for i in range(4)}

@@ -355,6 +355,36 @@ def test_cnn_bias_init_matches_the_mean_response():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("readout", ["point", "factorized"])
+def test_a_shared_models_unit_subset_is_its_columns_standalone(readout):
+    """A neuron of a shared core, cut out (core + its readout): the same responses and input
+    gradients as the full model's column. With 20 units the full point readout samples the
+    built pyramid; one unit alone uses weight maps, so this also checks the two paths agree."""
+    n = 20
+    rng = np.random.default_rng(0)
+    cfg = CNNConfig(core=SMALL, readout=ReadoutConfig(kind=readout))
+    m = CNNModel(cfg, n_units=n, rf_centres=rng.uniform([5, 5], [90, 55], (n, 2)))
+    with torch.no_grad():  # trained-looking, distinct readouts
+        for prm in m.readout.parameters():
+            prm.add_(0.3 * torch.randn_like(prm))
+    m.eval()
+    rows = [13, 2]
+    sub = m.unit_subset(rows).eval()
+    assert sub.n_units == 2 and not sub.training
+    x = torch.rand(3, 60, 96, requires_grad=True)
+    full = m(x)
+    torch.testing.assert_close(sub(x), full[:, rows], atol=1e-5, rtol=1e-5)
+    (g_full,) = torch.autograd.grad(full[:, 13].sum(), x)
+    (g_sub,) = torch.autograd.grad(sub(x)[:, 0].sum(), x)
+    torch.testing.assert_close(g_sub, g_full, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(sub.readout_positions_px(), m.readout_positions_px()[rows],
+                               atol=1e-4)
+    ens = Ensemble([m, CNNModel(cfg, n_units=n).eval()]).eval()
+    torch.testing.assert_close(ens.unit_subset([5])(x), ens(x)[:, 5:6], atol=1e-5, rtol=1e-5)
+    with pytest.raises(MeireportError, match=r"rows: expected positions in 0\.\.19"):
+        m.unit_subset([20])
+
+
 def test_population_model_refuses_a_crop():
     with pytest.raises(MeireportError, match="crop_size"):
         CNNModel(CNNConfig(core=SMALL, crop_size=(20, 20)), n_units=2, crop_centre=(3, 3))

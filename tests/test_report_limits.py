@@ -41,7 +41,8 @@ def test_config_validation():
 
 
 TINY_STUDY = LimitsParams(n_images=[30], n_repeats=6, area_population=(6, 4, 3, 2), n_units=2,
-                          mei_steps=20, options_at=30).model_dump(mode="json")
+                          mei_steps=20, options_at=30, pooled_units=[12],
+                          pool_sessions=1).model_dump(mode="json")
 
 
 def _stage(out_dir, cache, **changes):
@@ -119,6 +120,27 @@ def test_tables_hold_every_model_option_and_unit(tiny):
     pd.testing.assert_series_equal(a, b, check_names=False)
 
 
+def test_the_pooled_axis_judges_a_shared_core_on_the_per_neuron_units(tiny):
+    """A shared core on 12 units of two sessions: the modelled units (2 simple, 2 complex of the
+    30-image session) are in its pool, with their MEIs on it, beside their per-neuron CNNs."""
+    t = tiny[2]
+    pooled, units = t["pooled"], t["units"]
+    assert pooled["unit_id"].tolist() == units["unit_id"].tolist()  # the same units, in order
+    assert (pooled["n_pool"] == 12).all() and (pooled["sessions"] == 2).all()
+    assert pooled["true_kind"].tolist() == units["true_kind"].tolist()
+    for col in ("true_corr", "mei_rf_corr", "test_corr"):
+        assert pooled[col].between(-1, 1).all()
+    assert (pooled["mei_true_resp"] > 0).all() and (pooled["seconds_per_unit"] > 0).all()
+    table = limits.pooled_table(t)
+    assert table.index.tolist() == ["per-neuron CNN", "shared core, 12 units"]
+    assert (table["units"] == 4).all()
+    per = units.set_index("unit_id")["mei_rf_corr"]
+    simple = units.loc[units["true_kind"] == "simple", "unit_id"]
+    assert table.loc["per-neuron CNN", "MEI vs truth simple"] == pytest.approx(
+        per.loc[simple].median())
+    assert "per-neuron CNN" in limits.pooled_verdict(table)
+
+
 def test_a_second_run_reads_the_store_and_writes_only_its_tables(tiny, cache, calls, tmp_path):
     again = _stage(tmp_path / "other", cache)
     assert calls == {"fit": 0, "simulate": 0, "select": 0}
@@ -127,7 +149,7 @@ def test_a_second_run_reads_the_store_and_writes_only_its_tables(tiny, cache, ca
         csv = f"limits_{name}.csv"
         assert (tmp_path / "other" / csv).read_bytes() == (tiny[1] / csv).read_bytes()
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [
-        "limits_models.csv", "limits_session.csv", "limits_units.csv"]
+        "limits_models.csv", "limits_pooled.csv", "limits_session.csv", "limits_units.csv"]
 
 
 def test_new_trust_thresholds_change_the_labels_only(tiny, cache, calls, tmp_path):
@@ -176,7 +198,8 @@ def test_a_new_model_setting_refits_without_resimulating(tiny, cache, calls, mon
 def test_an_incomplete_entry_is_recomputed_not_used(tiny, cache, calls, tmp_path):
     t = tiny[2]
     timing = {"session": ["seconds"], "units": ["mei_seconds", "dei_seconds"],
-              "models": ["seconds"]}
+              "models": ["seconds"],
+              "pooled": ["mei_seconds", "dei_seconds", "seconds_per_unit", "fit_seconds"]}
     (_entry(cache, "limits/n30/unit/complex/1") / "entry.json").unlink()  # a killed writer
     again = _stage(tmp_path / "a", cache)
     assert calls["fit"] > 0 and calls["simulate"] == 0 and calls["select"] == 0
@@ -197,7 +220,8 @@ def test_plan_tasks_is_a_graph_of_the_pieces(tmp_path):
     args = (TINY["model"], TINY["train"], TINY["selection"])
     tasks = limits.plan_tasks(TINY_STUDY, *args, cache=str(tmp_path))
     ids = [t.task_id for t in tasks]
-    assert len(ids) == len(set(ids)) == 1 + 1 + 2 * 2 + 1  # sim, select, 2 x 2 units, population
+    # sim, select, 2 x 2 units, population; the pooled axis: one extra session, one pool
+    assert len(ids) == len(set(ids)) == 1 + 1 + 2 * 2 + 1 + 2
     seen = set()
     for t in tasks:  # every dep exists and comes first: no cycle
         assert set(t.deps) <= seen, (t.task_id, t.deps)
@@ -212,7 +236,9 @@ def test_plan_tasks_is_a_graph_of_the_pieces(tmp_path):
                                           "limits/n30/unit/complex/0", "limits/n30/unit/complex/1"]
     assert all(t.deps == ("limits/n30/sim",) for t in units)
     assert "selection" not in units[0].kwargs and "selection" in tasks[1].kwargs
-    two = dict(TINY_STUDY, n_images=[30, 60], population=False)
+    assert tasks[-1].task_id == "limits/pool/u12"
+    assert tasks[-1].deps == ("limits/n30/sim", "limits/pool/sim/1")
+    two = dict(TINY_STUDY, n_images=[30, 60], population=False, pooled_units=[])
     assert len(limits.plan_tasks(two, *args, cache=str(tmp_path))) == 2 * (1 + 1 + 2 * 2)
     assert limits.plan_tasks(dict(TINY_STUDY, enabled=False), *args) == []
 
@@ -227,7 +253,7 @@ def study(tmp_path_factory):
                       "model": {"core": {"hidden_channels": 8, "layers": 2, "input_kern": 9},
                                 "crop_size": 24}}).to_json_dict()
     cfg = LimitsParams(n_images=[118, 1000], n_repeats=50, n_units=3, options_at=None,
-                       mei_steps=150, population=False)
+                       mei_steps=150, population=False, pooled_units=[])
     tables = limits.limits_stage(tmp_path_factory.mktemp("study"), cfg.model_dump(mode="json"),
                                  p["model"], p["train"], p["selection"],
                                  cache=tmp_path_factory.mktemp("study_cache"))

@@ -24,6 +24,7 @@ from meireport.models.data import (
     load_responses,
     make_split,
     new_images,
+    pool_responses,
 )
 from meireport.models.device import DEVICES, model_device, resolve_device
 from meireport.models.evaluate import (
@@ -82,6 +83,7 @@ __all__ = [
     "make_split",
     "model_device",
     "new_images",
+    "pool_responses",
     "pearson",
     "poisson_loglik",
     "resolve_device",

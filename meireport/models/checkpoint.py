@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +191,40 @@ class TrainedModel:
     def predict(self, images, batch_size: int = 256) -> np.ndarray:
         """Predicted spike counts, ``images x units`` (run on the model's device, numpy out)."""
         return predict_counts(self.model, images, batch_size)
+
+    def subset(self, unit_ids) -> TrainedModel:
+        """The model of some of its units: the shared core with only their readouts.
+
+        Metrics, test predictions and history are those of the whole fit (its training time
+        per unit stays in ``metrics["seconds"]``); ``extra["shared_units"]`` records how many
+        units the core was fitted on.
+
+        Examples
+        --------
+        >>> from meireport.models import CNNConfig, CNNModel, CoreConfig, TrainConfig, make_split
+        >>> m = CNNModel(CNNConfig(core=CoreConfig(hidden_channels=4, layers=1)), n_units=2)
+        >>> t = TrainedModel(m.eval(), np.array([7, 9]), "cnn", make_split(range(20)),
+        ...                  TrainConfig(), [], pd.DataFrame({"test_corr": [0.1, 0.2]},
+        ...                  index=pd.Index([7, 9], name="unit_id")), {})
+        >>> s = t.subset([9])
+        >>> s.unit_ids.tolist(), s.model.n_units, s.metrics["test_corr"].tolist()
+        ([9], 1, [0.2])
+        """
+        ids = np.atleast_1d(np.asarray(unit_ids, dtype=np.int64))
+        pos = {int(u): i for i, u in enumerate(self.unit_ids)}
+        missing = [int(u) for u in ids if int(u) not in pos]
+        if missing:
+            raise MeireportError(f"unit_ids: {missing[:5]} are not units of this model")
+        if not hasattr(self.model, "unit_subset"):
+            raise MeireportError(f"model: a {type(self.model).__name__} has no per-unit readout")
+        rows = [pos[int(u)] for u in ids]
+        test = dict(self.test)
+        for k in ("pred", "obs", "sem"):  # units x test images
+            if k in test:
+                test[k] = [test[k][i] for i in rows]
+        return replace(self, model=self.model.unit_subset(rows).eval(), unit_ids=ids,
+                       metrics=self.metrics.loc[ids], test=test,
+                       extra=dict(self.extra) | {"shared_units": int(len(self.unit_ids))})
 
     def predict_with_spread(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Mean prediction and the members' standard deviation (0 for a single model)."""

@@ -19,6 +19,7 @@ __all__ = [
     "Split",
     "make_split",
     "new_images",
+    "pool_responses",
 ]
 
 
@@ -214,6 +215,59 @@ def load_responses(
         image_ids=trials.image_ids,
         gabors=g,
     )
+
+
+def pool_responses(datas) -> ResponseData:
+    """The units of several sessions that showed the same images, as one :class:`ResponseData`.
+
+    Every Allen Visual Coding session shows the same 118 natural scenes, so the units of many
+    sessions can be fitted together (one shared core). Sessions with fewer repeats are padded
+    with NaN (missing repeats); gabors are pooled when every session has the same conditions.
+
+    Raises
+    ------
+    MeireportError
+        When the sessions' images differ, or a unit id is in two of them.
+
+    Examples
+    --------
+    >>> imgs = np.random.default_rng(0).random((4, 6, 8))
+    >>> a = ResponseData(imgs, np.ones((2, 4, 3)), [1, 2], np.arange(4))
+    >>> b = ResponseData(imgs, np.ones((1, 4, 5)), [3], np.arange(4))
+    >>> p = pool_responses([a, b])
+    >>> p.unit_ids.tolist(), p.trials.shape, int(np.isnan(p.trials).sum())
+    ([1, 2, 3], (3, 4, 5), 16)
+    """
+    datas = list(datas)
+    if not datas:
+        raise MeireportError("datas: expected at least one session's responses")
+    first = datas[0]
+    for i, d in enumerate(datas[1:], start=1):
+        same = np.array_equal(d.image_ids, first.image_ids) and (
+            d.images.shape == first.images.shape and np.allclose(d.images, first.images, atol=1e-6))
+        if not same:
+            raise MeireportError(f"datas[{i}]: its natural scenes are not those of datas[0] "
+                                 "(a shared core pools sessions that showed the same images)")
+    ids = np.concatenate([d.unit_ids for d in datas])
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise MeireportError(f"unit_ids: {uniq[counts > 1][:5].tolist()} occur in two sessions")
+    reps = max(d.trials.shape[2] for d in datas)
+    trials = np.concatenate([np.pad(d.trials, ((0, 0), (0, 0), (0, reps - d.trials.shape[2])),
+                                    constant_values=np.nan) for d in datas])
+    return ResponseData(first.images, trials, ids, first.image_ids, _pool_gabors(datas))
+
+
+def _pool_gabors(datas) -> GaborSet | None:
+    sets = [d.gabors for d in datas]
+    if any(g is None for g in sets):
+        return None
+    g0 = sets[0]
+    for i, g in enumerate(sets[1:], start=1):
+        if not g.conditions.reset_index(drop=True).equals(g0.conditions.reset_index(drop=True)):
+            raise MeireportError(f"datas[{i}]: its gabor conditions are not those of datas[0]")
+    return GaborSet(g0.images, np.concatenate([g.responses for g in sets]),
+                    np.max([g.n_repeats for g in sets], axis=0), g0.conditions)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from meireport.models._checks import pair
 from meireport.models.core import CoreConfig, Stacked2dCore
 from meireport.models.crop import InputCrop
 from meireport.models.ln import LNConfig, LNModel
-from meireport.models.readout import ReadoutConfig, make_readout
+from meireport.models.readout import ReadoutConfig, make_readout, unit_rows_state
 from meireport.stimuli import MODEL_SHAPE
 
 __all__ = ["CNNConfig", "CNNModel", "Ensemble", "build_model", "inverse_elu1"]
@@ -182,6 +182,25 @@ class CNNModel(nn.Module):
         """Project readout parameters onto their constraints (after each optimiser step)."""
         self.readout.constrain()
 
+    def unit_subset(self, rows) -> CNNModel:
+        """The same core read out for the units at positions ``rows`` only (a new model).
+
+        The core and each kept unit's readout are copied, so the subset's responses equal the
+        full model's columns ``rows``: a shared model's neuron, standalone.
+
+        Examples
+        --------
+        >>> m = CNNModel(CNNConfig(core=CoreConfig(hidden_channels=4, layers=1)), n_units=3).eval()
+        >>> x = torch.rand(2, 60, 96)
+        >>> bool(torch.allclose(m.unit_subset([2])(x), m(x)[:, 2:], atol=1e-5))
+        True
+        """
+        rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+        sub = CNNModel(self.config, len(rows), crop_centre=self.crop_centre)
+        sub.core.load_state_dict(self.core.state_dict())
+        sub.readout.load_state_dict(unit_rows_state(self.readout, rows))
+        return sub.train(self.training)
+
 
 class Ensemble(nn.Module):
     """Average of models with the same units (e.g. trained with different seeds).
@@ -225,6 +244,10 @@ class Ensemble(nn.Module):
         """Constrain every member."""
         for m in self.members:
             m.constrain()
+
+    def unit_subset(self, rows) -> Ensemble:
+        """Every member's :meth:`CNNModel.unit_subset`."""
+        return Ensemble([m.unit_subset(rows) for m in self.members]).train(self.training)
 
 
 def build_model(spec: dict) -> nn.Module:

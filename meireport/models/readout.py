@@ -25,6 +25,7 @@ __all__ = [
     "PointPyramidReadout",
     "FactorizedReadout",
     "make_readout",
+    "unit_rows_state",
     "READOUT_KINDS",
 ]
 
@@ -324,6 +325,9 @@ class PointPyramidReadout(nn.Module):
         """``gamma_features * mean |feature weights|``."""
         return self.config.gamma_features * self.features.abs().mean()
 
+    #: The unit axis of each parameter (:func:`unit_rows_state`).
+    unit_axes = {"grid": 0, "features": 1, "bias": 0}
+
 
 class FactorizedReadout(nn.Module):
     """Spatial mask x feature weights per neuron: ``y_u = sum_c f_uc sum_xy m_uxy x_cxy + b_u``.
@@ -401,6 +405,30 @@ class FactorizedReadout(nn.Module):
         c = self.config
         mask_l1 = self.mask.abs().sum(dim=(1, 2)).mean()
         return c.gamma_mask * mask_l1 + c.gamma_features * self.features.abs().mean()
+
+    #: The unit axis of each parameter (:func:`unit_rows_state`).
+    unit_axes = {"mask": 0, "features": 0, "bias": 0}
+
+
+def unit_rows_state(readout: nn.Module, rows) -> dict[str, torch.Tensor]:
+    """The readout's state dict restricted to the units at positions ``rows`` (in that order).
+
+    A readout is one independent set of parameters per unit on a shared input, so the state of
+    some of its units is that of a readout of those units alone.
+
+    Examples
+    --------
+    >>> r = PointPyramidReadout(8, n_units=3)
+    >>> st = unit_rows_state(r, [2])
+    >>> tuple(st["grid"].shape), tuple(st["features"].shape)
+    ((1, 2), (32, 1))
+    """
+    idx = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= readout.n_units:
+        raise MeireportError(f"rows: expected positions in 0..{readout.n_units - 1}, got "
+                             f"{np.asarray(rows).tolist()[:5]}")
+    return {k: (v.index_select(readout.unit_axes[k], idx) if k in readout.unit_axes
+                else v).clone() for k, v in readout.state_dict().items()}
 
 
 def make_readout(

@@ -31,7 +31,10 @@ Per session size:
   unit's ``selected``, ``selection_stability``, ``rf_p_value``;
 - ``unit`` (:func:`unit_piece`, ``n_units`` per tuned kind): one unit's every model variant and
   its CNN's MEI;
-- ``population`` (:func:`population_piece`): the joint population fit(s) of the modelled units.
+- ``population`` (:func:`population_piece`): the joint population fit(s) of the modelled units;
+- ``pool/sim/<k>`` (:func:`pool_sim_piece`) and ``pool/u<N>`` (:func:`pooled_piece`): the
+  pooled-units axis, a shared core fitted on ``N`` units of several sessions of ``pooled_at``
+  images, judged on the same modelled units as the per-neuron CNNs.
 
 The units chosen and every fit depend on neither the selection rule nor the trust thresholds: a
 new rule recomputes the select pieces only, and the trust label is applied when the tables are
@@ -72,6 +75,10 @@ __all__ = [
     "select_piece",
     "unit_piece",
     "population_piece",
+    "pool_sim_piece",
+    "pooled_piece",
+    "pooled_table",
+    "pooled_verdict",
     "plan_tasks",
     "piece_cost",
     "piece_order",
@@ -612,6 +619,171 @@ def _population(n: int, limits: dict | None = None, model: dict | None = None,
 
 
 # -------------------------------------------------------------------------------------------
+# the pooled-units axis: a shared core over many units of several sessions (#16)
+# -------------------------------------------------------------------------------------------
+def pool_sim_piece(k: int, limits: dict | None = None, cache: str | None = None) -> str:
+    """The ``pool/sim/<k>`` piece: extra session ``k`` (>= 1) of the pooled-units axis.
+
+    A simulated session of ``pooled_at`` images that shows the same images as the ``pooled_at``
+    sim piece (session 0) and holds other units: the simulator's default population (every
+    visual area; session id ``700000001 + k``, its seed :func:`~meireport.sources.from_params.
+    session_seed`), extracted and measured like a sim piece.
+
+    Returns
+    -------
+    str
+        :data:`meireport.report.engine.CACHED` when the entry was already there, else its key.
+    """
+    return _outcome(*_pool_sim(k, limits, cache))
+
+
+def _pool_sim(k: int, limits: dict | None = None, cache: str | None = None) -> tuple[str, bool]:
+    from meireport.report.stages import extract_stage, single_thread_torch, unit_measures
+    from meireport.sources import open_session, simulate_session
+    from meireport.sources.from_params import session_seed
+    from meireport.sources.simulate import DEFAULT_SESSION_ID
+
+    single_thread_torch()
+    cfg, store = LimitsParams.from_dict(limits), _store(cache)
+    if int(k) < 1:
+        raise MeireportError(f"pool_sim_piece: k must be >= 1 (session 0 is the sim piece), "
+                             f"got {k}")
+    shape = cfg.model_dump(mode="json", include={"seed", "n_repeats", "pooled_at"})
+    key = content_key("limits/pool_sim", int(k), shape, code_hash(*_SIM_CODE))
+    if store.get(key) is not None:
+        return key, True
+    sid = DEFAULT_SESSION_ID + int(k)
+    meta = {"piece": "pool_sim", "n_images": int(cfg.pooled_at), "session_id": sid}
+
+    def write(d: Path) -> None:
+        t0 = time.perf_counter()
+        sim = simulate_session(d / "cache", seed=session_seed(cfg.seed, sid), session_id=sid,
+                               n_images=int(cfg.pooled_at), n_repeats=cfg.n_repeats,
+                               progress=False)
+        with open_session(sim.cache_dir, sid) as session:
+            extract_stage(session, d / _SESSION, area="visual")
+        save_csv(d / "measures.csv", unit_measures(d / _SESSION, seed=cfg.seed), index=False)
+        sim.nwb_path.unlink()
+        shutil.rmtree(d / "cache" / "natural_scene_templates", ignore_errors=True)
+        meta["seconds"] = time.perf_counter() - t0
+
+    store.put(key, write, meta)
+    return key, False
+
+
+def pooled_piece(n_pool: int, limits: dict | None = None, model: dict | None = None,
+                 train: dict | None = None, cache: str | None = None) -> str:
+    """The ``pool/u<N>`` piece: a shared core fitted on ``n_pool`` pooled units, and its MEIs.
+
+    The pool: the modelled units of the ``pooled_at`` session (those of its :func:`unit_piece`
+    slots, always in), then its other units whose oracle correlation reaches
+    ``model.shared_floor``, then those of the extra sessions (:func:`pool_sim_piece`) in order,
+    up to ``n_pool`` units. One shared core (the report's ``model`` section, full field) is
+    fitted on them (:func:`meireport.models.fit_model` on
+    :func:`meireport.models.pool_responses`); the modelled units' MEIs are synthesised on it as
+    in a unit piece (:func:`_mei_values`), so that each row compares with that unit's
+    per-neuron CNN (``pooled.json``).
+
+    Returns
+    -------
+    str
+        :data:`meireport.report.engine.CACHED` when the entry was already there, else its key.
+    """
+    return _outcome(*_pooled(n_pool, limits, model, train, cache))
+
+
+def _pool_entries(cfg: LimitsParams, cache) -> list[Path]:
+    store = _store(cache)
+    keys = [_sim(cfg.pooled_at, cfg.model_dump(mode="json"), cache)[0]]
+    keys += [_pool_sim(k, cfg.model_dump(mode="json"), cache)[0]
+             for k in range(1, cfg.pool_sessions + 1)]
+    return [_entry(store, k, "sim") for k in keys]
+
+
+def _pool_ids(entries: list[Path], probes: list[int], floor: float, n_pool: int) -> list[list]:
+    """Per session entry, the ids it gives to a pool of ``n_pool`` units (probes first)."""
+    left, out = int(n_pool) - len(probes), []
+    for i, e in enumerate(entries):
+        m = _measures(e)
+        m = m[(m["oracle_corr"].astype(float) >= floor) & ~m["unit_id"].isin(probes)]
+        ids = m.sort_values("unit_id")["unit_id"].astype(int).tolist()[:max(left, 0)]
+        left -= len(ids)
+        out.append((list(probes) if i == 0 else []) + ids)
+    return out
+
+
+def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
+            train: dict | None = None, cache: str | None = None) -> tuple[str, bool]:
+    from meireport.models import fit_model, make_split, pool_responses
+    from meireport.report.stages import response_data, rf_centre, single_thread_torch
+    from meireport.sources.simulate import combine_truths, load_ground_truth
+
+    single_thread_torch()
+    cfg, store = LimitsParams.from_dict(limits), _store(cache)
+    entries = _pool_entries(cfg, cache)
+    probes = _chosen_units(_measures(entries[0]), cfg)
+    mp = ModelParams.from_dict(dict(model or {}))
+    groups = _pool_ids(entries, probes, mp.shared_floor, n_pool)
+    fields = {"mei_steps", "mei_starts", "seed"}
+    key = content_key("limits/pooled", [e.name for e in entries], groups,
+                      _fit_settings(model, train), cfg.model_dump(mode="json", include=fields),
+                      code_hash(*_UNIT_CODE))
+    if store.get(key) is not None:
+        return key, True
+    meta = {"piece": "pooled", "n_images": int(cfg.pooled_at), "n_pool": int(n_pool)}
+
+    def write(d: Path) -> None:
+        from meireport.mei import session_gabor
+        from meireport.report.stages import session_gabors
+
+        t0 = time.perf_counter()
+        used = [(e, ids) for e, ids in zip(entries, groups, strict=True) if ids]
+        datas, truths, rows = [], [], []
+        for e, ids in used:
+            sdir = e / _SESSION
+            data = response_data(sdir, gabors=False)
+            datas.append(replace(data, trials=data.trials[data.rows(ids)],
+                                 unit_ids=np.asarray(ids, dtype=np.int64)))
+            truths.append(load_ground_truth(sdir / load_json(sdir / "session.json")
+                                            ["ground_truth"]))
+            rows.append(_measures(e).set_index("unit_id").loc[ids])
+        pool, truth, meas = pool_responses(datas), combine_truths(truths), pd.concat(rows)
+        ids = pool.unit_ids.tolist()
+        x0 = _fit_inputs(entries[0], probes)
+        cnn_cfg = _variant_configs(Variant("shared", "cnn", population=True), dict(model or {}),
+                                   dict(train or {}), cfg, x0["geometry"].shape)
+        cnn, tr = cnn_cfg[0], cnn_cfg[1]
+        fit = fit_model(pool, ids, "cnn", cnn, tr,
+                        rf_centres=[rf_centre(meas.loc[u]) for u in ids],
+                        oracle=meas["oracle_corr"].astype(float).to_dict(), truth=truth,
+                        split=make_split(pool.image_ids, tr.val_frac, tr.test_frac,
+                                         tr.split_seed))
+        fit_s = time.perf_counter() - t0
+        units = []
+        for u in probes:
+            sg = session_gabor(session_gabors(x0["sdir"]), u, x0["geometry"])
+            m = fit.metrics.loc[u]
+            units.append({"unit_id": int(u), "true_kind": str(m["true_kind"]),
+                          "true_corr": float(m["true_corr"]), "test_corr": float(m["test_corr"]),
+                          "frac_oracle": float(m["frac_oracle"]),
+                          **_mei_values(fit, u, x0["data"], x0["truth"], sg, cfg)})
+        kinds = fit.metrics["true_kind"].astype(str)
+        save_json(d / "pooled.json", {
+            "n_pool": len(ids), "requested": int(n_pool), "sessions": len(used),
+            "fit_seconds": float(fit.seconds), "seconds_per_unit": float(fit.seconds) / len(ids),
+            "epochs": int(len(fit.history)),
+            "pool_true_corr": {k: float(fit.metrics.loc[kinds == k, "true_corr"].median())
+                               for k in sorted(set(kinds))},
+            "pool_kinds": {k: int((kinds == k).sum()) for k in sorted(set(kinds))},
+            "units": units})
+        meta["seconds"] = time.perf_counter() - t0
+        meta["fit_seconds"] = fit_s
+
+    store.put(key, write, meta)
+    return key, False
+
+
+# -------------------------------------------------------------------------------------------
 # the whole study: its graph, and its tables assembled from the store
 # -------------------------------------------------------------------------------------------
 def _json(d) -> dict:
@@ -637,6 +809,12 @@ def _plan(cfg: LimitsParams, model, train, selection, cache: str) -> list[CallTa
                     slot=slot, **fit)
         if cfg.population:
             add(f"limits/n{n}/population", "population_piece", [sim], n=n, **fit)
+    if cfg.pooled_units:
+        sims = [f"limits/n{cfg.pooled_at}/sim"]
+        sims += [add(f"limits/pool/sim/{k}", "pool_sim_piece", k=k)
+                 for k in range(1, cfg.pool_sessions + 1)]
+        for n_pool in cfg.pooled_units:
+            add(f"limits/pool/u{n_pool}", "pooled_piece", sims, n_pool=n_pool, **fit)
     return tasks
 
 
@@ -665,12 +843,17 @@ def plan_tasks(limits: dict | None, model: dict | None, train: dict | None,
 
     Examples
     --------
-    >>> tasks = plan_tasks({"n_images": [30], "n_units": 1}, {}, {}, {}, cache="/tmp/c")
+    >>> tasks = plan_tasks({"n_images": [30], "n_units": 1, "pooled_units": []}, {}, {}, {},
+    ...                    cache="/tmp/c")
     >>> [t.task_id for t in tasks]  # doctest: +NORMALIZE_WHITESPACE
     ['limits/n30/sim', 'limits/n30/select', 'limits/n30/unit/simple/0',
      'limits/n30/unit/complex/0', 'limits/n30/population']
     >>> tasks[2].func, tasks[2].deps, tasks[2].kwargs["slot"]
     ('meireport.report.limits:unit_piece', ('limits/n30/sim',), 0)
+    >>> pool = plan_tasks({"n_images": [30], "n_units": 1, "pooled_units": [20],
+    ...                    "pool_sessions": 1}, {}, {}, {}, cache="/tmp/c")
+    >>> [(t.task_id, t.deps) for t in pool[-2:]]  # doctest: +NORMALIZE_WHITESPACE
+    [('limits/pool/sim/1', ()), ('limits/pool/u20', ('limits/n30/sim', 'limits/pool/sim/1'))]
     >>> plan_tasks({"enabled": False}, {}, {}, {})
     []
     """
@@ -707,6 +890,11 @@ def piece_cost(task: CallTask) -> float:
     if piece == "population":
         base, per_unit = _POPULATION_COST
         return n * (base + per_unit * len(TUNED) * cfg.n_units)
+    if piece == "pooled":  # its fit grows with the pool, its MEIs with the modelled units
+        base, per_unit = _POPULATION_COST
+        return cfg.pooled_at * (base + 0.01 * kw["n_pool"] + per_unit * len(TUNED) * cfg.n_units)
+    if piece == "pool_sim":
+        return cfg.pooled_at * _COST_PER_IMAGE["sim"] * 2
     return n * _COST_PER_IMAGE.get(piece, 0.0)
 
 
@@ -719,18 +907,20 @@ def piece_order(task: CallTask) -> int:
 
     Examples
     --------
-    >>> tasks = plan_tasks({"n_images": [100, 1000], "n_units": 1}, {}, {}, {}, cache="/tmp/c")
+    >>> tasks = plan_tasks({"n_images": [100, 1000], "n_units": 1, "pooled_units": []}, {}, {},
+    ...                    {}, cache="/tmp/c")
     >>> [t.task_id for t in sorted(tasks, key=piece_order)][:3]
     ['limits/n100/sim', 'limits/n1000/sim', 'limits/n1000/unit/complex/0']
     """
-    if task.func.endswith(":sim_piece"):
+    if task.func.endswith((":sim_piece", ":pool_sim_piece")):
         return 0
     return 1 + int(1e6 // (1.0 + piece_cost(task)))
 
 
 #: Each piece's implementation: its entry's key, computed first when it is missing.
 _IMPLEMENTATIONS = {"sim_piece": _sim, "select_piece": _select, "unit_piece": _unit,
-                    "population_piece": _population}
+                    "population_piece": _population, "pool_sim_piece": _pool_sim,
+                    "pooled_piece": _pooled}
 
 
 def _ensure(task: CallTask) -> str:
@@ -778,7 +968,20 @@ def _assemble(cfg: LimitsParams, keys: dict[str, str], store: Store,
     units["trust"] = [t.label for t in labels]
     units["trust_reasons"] = ["; ".join(t.reasons) for t in labels]
     return {"session": pd.DataFrame(sessions), "units": units,
-            "models": pd.concat(models, ignore_index=True)}
+            "models": pd.concat(models, ignore_index=True), "pooled": _pooled_rows(cfg, keys,
+                                                                                   store)}
+
+
+def _pooled_rows(cfg: LimitsParams, keys: dict[str, str], store: Store) -> pd.DataFrame:
+    """One row per pooled-units fit and modelled unit (empty without the axis)."""
+    rows = []
+    for n_pool in cfg.pooled_units:
+        d = load_json(_entry(store, keys[f"limits/pool/u{n_pool}"], "pooled") / "pooled.json")
+        head = {"n_images": int(cfg.pooled_at), "n_pool": d["n_pool"],
+                "sessions": d["sessions"], "seconds_per_unit": d["seconds_per_unit"],
+                "fit_seconds": d["fit_seconds"], "epochs": d["epochs"]}
+        rows += [head | u for u in d["units"]]
+    return pd.DataFrame(rows, columns=None if rows else ["n_images", "n_pool", "unit_id"])
 
 
 def limits_stage(out_dir, limits: dict | None, model: dict, train: dict,
@@ -868,6 +1071,90 @@ def curve_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         out = out.join(cx.median().rename("DEI phase span complex (deg)"))
         out = out.join(sp.median().rename("DEI-MEI corr simple"))
     return out.join(session.set_index("n_images")[["precision", "recall"]])
+
+
+def pooled_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The pooled-units axis: per-neuron CNN against shared cores on more and more units.
+
+    Medians over the modelled tuned units (the same units in every row), per cell kind: the
+    model's correlation with the true rate, MEI vs truth; and the share of them for which the
+    true neuron fires more for the MEI than for its best natural image / the session Gabor
+    (all in the comparison set); ``s / unit``: training seconds per modelled unit.
+
+    Examples
+    --------
+    >>> units = pd.DataFrame({"n_images": [30, 30], "unit_id": [1, 2],
+    ...                       "true_kind": ["simple", "complex"], "mei_rf_corr": [0.6, 0.2],
+    ...                       "mei_true_resp": [9, 5], "best_image_true_resp": [4, 6],
+    ...                       "session_gabor_true_resp": [1, 1]})
+    >>> models = pd.DataFrame({"n_images": [30, 30], "variant": ["CNN", "CNN"],
+    ...                        "unit_id": [1, 2], "true_kind": ["simple", "complex"],
+    ...                        "true_corr": [0.5, 0.3], "seconds": [10.0, 20.0]})
+    >>> pooled = units.assign(n_pool=40, true_corr=[0.7, 0.6], seconds_per_unit=0.5)
+    >>> t = pooled_table({"units": units, "models": models, "pooled": pooled})
+    >>> t.index.tolist()
+    ['per-neuron CNN', 'shared core, 40 units']
+    >>> float(t.loc["shared core, 40 units", "MEI vs truth complex"]), t["s / unit"].tolist()
+    (0.2, [15.0, 0.5])
+    """
+    pooled = tables.get("pooled")
+    if pooled is None or pooled.empty:
+        return pd.DataFrame()
+    n = int(pooled["n_images"].iloc[0])
+    units = tables["units"]
+    per = units[(units["n_images"] == n) & units["unit_id"].isin(pooled["unit_id"])].copy()
+    m = tables["models"]
+    cnn = m[(m["n_images"] == n) & (m["variant"] == "CNN")].set_index("unit_id")
+    per["true_corr"] = cnn["true_corr"].reindex(per["unit_id"]).to_numpy()
+    per["seconds_per_unit"] = cnn["seconds"].reindex(per["unit_id"]).to_numpy()
+    groups = [("per-neuron CNN", per)] + [
+        (f"shared core, {int(k)} units", g) for k, g in pooled.groupby("n_pool", sort=True)]
+    rows = {}
+    for name, g in groups:
+        g = g[g["true_kind"].isin(TUNED)]
+        row = {}
+        for kind in TUNED:
+            gk = g[g["true_kind"] == kind]
+            row[f"true_corr {kind}"] = float(gk["true_corr"].median())
+            row[f"MEI vs truth {kind}"] = float(gk["mei_rf_corr"].median())
+        row["MEI > best image"] = float((g["mei_true_resp"] > g["best_image_true_resp"]).mean())
+        if "session_gabor_true_resp" in g:
+            row["MEI > session Gabor"] = float(
+                (g["mei_true_resp"] > g["session_gabor_true_resp"]).mean())
+        row["units"] = len(g)
+        row["s / unit"] = float(g["seconds_per_unit"].median())
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def pooled_verdict(table: pd.DataFrame) -> str:
+    """Which model the pooled-units axis favours, in one sentence (the report's default).
+
+    The largest pool against the per-neuron CNN on the median MEI vs truth of both kinds.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"MEI vs truth simple": [0.8, 0.7], "MEI vs truth complex": [0.6, 0.7]},
+    ...                  index=["per-neuron CNN", "shared core, 500 units"])
+    >>> print(pooled_verdict(t))  # doctest: +NORMALIZE_WHITESPACE
+    A shared core on 500 units neither beats nor loses to the per-neuron CNN on MEI vs truth:
+    median 0.70 / 0.70 (simple / complex) against 0.80 / 0.60. On this evidence the report's
+    default is `model.kind: per_neuron` (the shared core must beat it on both kinds).
+    """
+    if table.empty:
+        return "The pooled-units axis was not computed in this run (`limits.pooled_units`)."
+    cols = [f"MEI vs truth {k}" for k in TUNED]
+    per, big = table.loc["per-neuron CNN", cols], table.iloc[-1][cols]
+    better = (big > per).all()
+    worse = (big < per).all()
+    what = ("beats" if better else "loses to" if worse else "neither beats nor loses to")
+    default = "shared" if better else "per_neuron"
+    name = str(table.index[-1]).replace("shared core, ", "A shared core on ")
+    return (f"{name} {what} the per-neuron CNN on MEI vs truth: median "
+            f"{big.iloc[0]:.2f} / {big.iloc[1]:.2f} (simple / complex) against "
+            f"{per.iloc[0]:.2f} / {per.iloc[1]:.2f}. On this evidence the report's default is "
+            f"`model.kind: {default}`" + ("." if better else
+                                          " (the shared core must beat it on both kinds)."))
 
 
 def options_table(models: pd.DataFrame) -> pd.DataFrame:

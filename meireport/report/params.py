@@ -258,6 +258,10 @@ class SourceParams(_Section):
         None, description="sessions to report (default: the only one in the cache / the file; "
         "required for dandi)"
     )
+    n_sessions: int | None = Field(
+        None, ge=1, description="simulated only: simulate this many sessions (ids 700000001, "
+        "700000002, ...) that show the same images and differ in their units; instead of "
+        "session_ids")
     seed: int = Field(0, description="simulated only: seed of units and spikes (each session "
                       "id other than the default draws its own from it: session_seed)")
     n_images: int = Field(118, ge=2, description="simulated only: natural images")
@@ -322,6 +326,16 @@ class SourceParams(_Section):
         if self.kind in ("url", "dandi") and self.path is not None:
             raise ValueError(f"path is not used by kind '{self.kind}' (url / dandiset say where "
                              "the file is; templates says where the images are)")
+        if self.n_sessions is not None:
+            if self.kind != "simulated" or self.scale != "default":
+                raise ValueError("n_sessions is for kind 'simulated' at scale 'default' only "
+                                 "(other sources name their sessions in session_ids)")
+            from meireport.sources.simulate import DEFAULT_SESSION_ID
+
+            ids = [DEFAULT_SESSION_ID + k for k in range(self.n_sessions)]
+            if self.session_ids is not None and list(self.session_ids) != ids:
+                raise ValueError("give n_sessions or session_ids, not both")
+            object.__setattr__(self, "session_ids", ids)  # the ids n_sessions names
         return self
 
 
@@ -447,7 +461,15 @@ class ModelParams(_LibrarySection):
     core: _Core = CoreConfig()
     readout: _Readout = ReadoutConfig()
     crop_size: int | None = Field(
-        None, description="square crop (px) of the input around the unit's RF centre")
+        None, description="square crop (px) of the input around the unit's RF centre "
+        "(per_neuron only: a shared core sees the full field)")
+    kind: Literal["per_neuron", "shared"] = Field(
+        "per_neuron", description="per_neuron: one CNN per reported neuron; shared: one core "
+        "fitted on every unit of every session of the run whose oracle correlation reaches "
+        "shared_floor (and every reported neuron), each unit with its own readout")
+    shared_floor: float = Field(
+        0.2, ge=-1, le=1, description="shared only: the oracle correlation a unit needs to "
+        "join the shared core's fit (a loose reliability floor, far below the selection's)")
 
     @field_validator("readout", mode="before")
     @classmethod
@@ -581,6 +603,15 @@ class LimitsParams(_Section):
     mei_steps: int = Field(300, ge=1, description="MEI steps per unit")
     mei_starts: int = Field(2, ge=1, description="MEI starts per unit")
     population: bool = Field(True, description="also fit the shared-core population model")
+    pooled_units: list[int] = Field(
+        [10, 50, 200, 500], description="the pooled-units axis: shared cores fitted on this many "
+        "units pooled over simulated sessions of pooled_at images, against the per-neuron CNN "
+        "(empty: no such section)")
+    pooled_at: int | None = Field(None, ge=10, description="session size (one of n_images) of "
+                                  "the pooled-units axis (default: the smallest)")
+    pool_sessions: int = Field(6, ge=0, description="extra simulated sessions (the simulator's "
+                               "default population, every visual area) the pooled units come "
+                               "from, beside the pooled_at session's own")
 
     @field_validator("n_images")
     @classmethod
@@ -588,6 +619,23 @@ class LimitsParams(_Section):
         if min(v) < 10:
             raise ValueError(f"sizes must be >= 10, got {v}")
         return sorted(set(v))
+
+    @field_validator("pooled_units")
+    @classmethod
+    def _pooled(cls, v: list[int]) -> list[int]:
+        if v and min(v) < 1:
+            raise ValueError(f"pooled unit counts must be >= 1, got {v}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _pooled_size(self) -> LimitsParams:
+        if self.pooled_at is None:
+            object.__setattr__(self, "pooled_at", min(self.n_images))
+        if self.pooled_units and self.pooled_at not in self.n_images:
+            raise ValueError(f"pooled_at ({self.pooled_at}) must be one of n_images "
+                             f"{self.n_images}: the per-neuron CNNs it is compared with are "
+                             "that size's")
+        return self
 
 
 class ClusterParams(_Section):

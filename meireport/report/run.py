@@ -140,7 +140,8 @@ STAGES: tuple[Stage, ...] = (
            "session:status.json"),
           ("summary.csv",)),
     Stage("limits", "07_limits.ipynb", "run", ("limits", "selection", "model", "train", "trust"),
-          (), ("limits_session.csv", "limits_units.csv", "limits_models.csv")),
+          (), ("limits_session.csv", "limits_units.csv", "limits_models.csv",
+               "limits_pooled.csv")),
     Stage("across", "08_across.ipynb", "across", ("selection",), (), ("run_summary.csv",)),
 )
 
@@ -959,6 +960,26 @@ def open_run(params: Params, out=None, progress: bool = True) -> Iterator[RunFol
         yield RunFolder(run_dir, list(source_ids), list(notes))
 
 
+#: The shared core's task (``model.kind: shared``): once per run, after every selection.
+SHARED_TASK_ID = f"{RUN_LEVEL_ID}/-/shared"
+
+
+def plan_shared_task(params: Params, run_dir: Path, selected: dict) -> CallTask:
+    """The shared core's fit (:func:`meireport.report.stages.shared_task`) as a call task.
+
+    It pools the units of every session whose selection succeeded (``selected``: session id
+    -> its reported neurons, None for a failed selection); each neuron's train task then takes
+    its readout.
+    """
+    d = params.to_json_dict()
+    ok = {int(s): [int(u) for u in units] for s, units in selected.items() if units is not None}
+    return CallTask(SHARED_TASK_ID, "meireport.report.stages:shared_task",
+                    {"run_dir": str(run_dir), "session_ids": sorted(ok), "model": d["model"],
+                     "train": d["train"], "include": {str(s): u for s, u in ok.items()},
+                     "device": params.run.device},
+                    deps=tuple(f"{s}/-/select" for s in selected), stage="shared")
+
+
 def plan_summary_task(params: Params, run_dir: Path, sid: int,
                       session_tasks: list[Task]) -> Task:
     """The session's summary: after every other task of the session, reading what they wrote.
@@ -994,15 +1015,16 @@ def plan_across_task(params: Params, run_dir: Path, session_ids: list[int],
 def _priority(task) -> int:
     """Which ready task starts first: lower first, then in the order they became ready.
 
-    Session stages (they unlock the neurons), then the user's neurons and pages, then the
-    data-limit study's pieces, which fill every worker the neurons leave free, in the order of
+    Session stages and the shared core (they unlock the neurons), then the user's neurons and
+    pages, then the data-limit study's pieces, which fill every worker the neurons leave free,
+    in the order of
     :func:`meireport.report.limits.piece_order` (unlocking pieces, then the costliest).
     """
-    if isinstance(task, CallTask):
+    if isinstance(task, CallTask) and task.stage != "shared":  # the shared core: like a select
         from meireport.report.limits import piece_order
 
         return 2 + piece_order(task)
-    return 0 if task.stage in ("extract", "select") else 1
+    return 0 if task.stage in ("extract", "select", "shared") else 1
 
 
 @contextmanager
@@ -1057,16 +1079,34 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
     initial += plan_run_tasks(params, run_dir)
     bar = tqdm(total=len(initial), desc="tasks", unit="task", disable=not progress)
 
+    shared = params.model.kind == "shared"
+    selected: dict[int, list[int] | None] = {}  # session -> its neurons (None: select failed)
+
     def expand(res: TaskResult) -> list:
+        if res.stage == "shared":
+            return [t for sid in session_ids for t in plan_session_end(sid, res)]
         if res.stage != "select":
             return []
         sid = res.session_id
-        new: list[Task] = []
         sel = run_dir / "results" / str(sid) / "selection.csv"
-        if res.status in ("ok", "cached") and sel.is_file():
-            new = plan_neuron_tasks(params, run_dir, sid,
-                                    choose_neurons(params, load_csv(sel), neurons))
+        ok = res.status in ("ok", "cached") and sel.is_file()
+        selected[sid] = choose_neurons(params, load_csv(sel), neurons) if ok else None
+        if not shared:
+            return plan_session_end(sid)
+        if len(selected) < len(session_ids):
+            return []
+        bar.total += 1  # every session selected: the shared core, then every session's neurons
+        return [plan_shared_task(params, run_dir, selected)]
+
+    def plan_session_end(sid: int, shared_res: TaskResult | None = None) -> list:
+        new: list[Task] = []
+        if selected[sid] is not None:
+            new = plan_neuron_tasks(params, run_dir, sid, selected[sid])
             _link(new, by_session[sid])
+            for t in new:
+                if shared_res is not None and t.stage == "train":  # reads the unit's readout
+                    t.inputs["shared:model.pt"] = str(run_dir / "results" / "shared" / "model.pt")
+                    t.deps = (*t.deps, shared_res.task_id)
         by_session[sid] += new
         summary = plan_summary_task(params, run_dir, sid, by_session[sid])
         chains = [chain([t for t in new if t.unit_id == u])
@@ -1171,7 +1211,7 @@ def _run_json_problem(data) -> str | None:
     for key, kind in (("params", dict), ("session_ids", list), ("results", list)):
         if not isinstance(data.get(key), kind):
             return f"expected {key!r} to be a{'n object' if kind is dict else ' list'}"
-    stages = {s.name for s in STAGES}
+    stages = {s.name for s in STAGES} | {"shared"}
     for i, r in enumerate(data["results"]):
         if not isinstance(r, dict) or any(not isinstance(r.get(k), t)
                                           for k, t in _RESULT_KEYS.items()):

@@ -44,6 +44,9 @@ __all__ = [
     "session_gabors",
     "unit_row",
     "train_stage",
+    "shared_stage",
+    "shared_dir",
+    "pooled_units",
     "mei_stage",
     "UnitMEI",
     "unit_mei",
@@ -79,6 +82,8 @@ COMPUTE_CODE: dict[str, tuple[str, ...]] = {
     "select": ("select", "extract", "stimuli", "artifacts", "report/stages", "report/params"),
     "train": ("models", "stimuli", "artifacts", "sources/simulate", "report/stages",
               "report/params"),
+    "shared": ("models", "stimuli", "artifacts", "sources/simulate", "report/stages",
+               "report/params"),
     "mei": ("mei", "models", "stimuli", "artifacts", "sources/simulate", "report/stages",
             "report/params"),
     "gabor": ("mei", "models", "extract", "stimuli", "artifacts", "sources/simulate",
@@ -256,17 +261,22 @@ def train_stage(session_dir, out_dir, unit_id: int, model: dict, train: dict,
     names = ("trials.npz", "images.npz", "session.json") + (("gabors.npz",) if gabors else ())
     settings = {"unit_id": int(unit_id), "model": model, "train": train, "device": dev.type,
                 "row": {k: row.get(k) for k in _ROW_READ}}
-    key = compute_key("train", _session_inputs(sdir, info, *names), settings)
+    inputs = _session_inputs(sdir, info, *names)
+    shared = ModelParams.from_dict(model).kind == "shared"
+    if shared:  # the unit's readout of the run's shared core
+        inputs.append(shared_dir(sdir) / "model.pt")
+    key = compute_key("train", inputs, settings)
     outputs = ("model.pt", "ln.pt", "train.json")
     if cached_values(out, "train", key, outputs) is None:
-        _fit_unit(sdir, out, unit_id, model, train, dev)
+        _fit_unit(sdir, out, unit_id, model, train, dev, shared)
         record_compute(out, "train", key, outputs)
     return TrainStage(load_model(out / "model.pt"), load_model(out / "ln.pt"),
                       load_json(out / "train.json"), _truth(info, sdir))
 
 
-def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev) -> None:
-    from meireport.models import TrainConfig, fit_model, make_split, save_checkpoint
+def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev,
+              shared: bool = False) -> None:
+    from meireport.models import TrainConfig, fit_model, load_model, make_split, save_checkpoint
 
     single_thread_torch()
     _, info, geometry = _session(sdir)
@@ -274,7 +284,7 @@ def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev
     mp, tr_cfg = ModelParams.from_dict(model), TrainConfig.from_dict(dict(train))
     data = response_data(sdir, gabors=tr_cfg.gabors)
     centre = rf_centre(row)
-    if mp.crop_size and centre is None:  # nothing to crop around: the full field
+    if (mp.crop_size and centre is None) or shared:  # nothing to crop around: the full field
         mp = mp.model_copy(update={"crop_size": None})
     cnn_cfg, ln_cfg = mp.configs(geometry.shape)
     split = make_split(data.image_ids, tr_cfg.val_frac, tr_cfg.test_frac, tr_cfg.split_seed)
@@ -282,7 +292,16 @@ def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev
     oracle = {int(unit_id): float(row["oracle_corr"])}
     kw = dict(train_config=tr_cfg, rf_centres=[centre], oracle=oracle, truth=truth,
               split=split, device=dev)
-    cnn = fit_model(data, [int(unit_id)], "cnn", cnn_cfg, **kw)
+    if shared:
+        whole = load_model(shared_dir(sdir) / "model.pt", device=dev)
+        if int(unit_id) not in set(whole.unit_ids.tolist()):
+            raise MeireportError(f"unit_id: {unit_id} is not a unit of the shared model "
+                                 f"{shared_dir(sdir) / 'model.pt'} (rerun the run: it plans "
+                                 "every reported neuron into the shared fit)")
+        cnn = whole.subset([int(unit_id)])
+        cnn.seconds = float(whole.seconds) / len(whole.unit_ids)  # the fit's cost per unit
+    else:
+        cnn = fit_model(data, [int(unit_id)], "cnn", cnn_cfg, **kw)
     ln = fit_model(data, [int(unit_id)], "ln", ln_cfg, **kw)
     extra = {"session_id": int(info["session_id"]), "window": info["window"]}
     cnn.extra.update(extra)
@@ -299,10 +318,126 @@ def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev
         "train_seconds": float(cnn.seconds), "train_seconds_ln": float(ln.seconds),
         "rf_centre_px": list(centre) if centre else None,
         "crop_px": mp.crop_size,  # null when the unit has no mapped RF to crop around
+        "model_kind": mp.kind,
+        "shared_units": int(cnn.extra.get("shared_units", 1)),
+        "shared_sessions": int(len(cnn.extra.get("sessions", [info["session_id"]]))),
     }
     if "true_corr" in cnn.metrics:
         values |= {"true_corr": float(m["true_corr"]), "true_corr_ln": float(mln["true_corr"])}
     save_json(out / "train.json", values)
+
+
+def shared_dir(session_dir) -> Path:
+    """Where a run's shared model lives: ``results/shared`` beside the session folders."""
+    return Path(session_dir).resolve().parent / "shared"
+
+
+def pooled_units(session_dir, floor: float, include=()) -> pd.DataFrame:
+    """The units of one session a shared core is fitted on.
+
+    Every analysed unit (those of ``selection.csv``: the area's units passing the unit filter)
+    whose oracle correlation reaches ``floor``, plus the ``include`` ids (the reported neurons,
+    whatever their oracle), with what the fit reads of them: ``unit_id``, ``oracle_corr``, the
+    mapped RF centre (``rf_col_px``, ``rf_row_px``: NaN without a mapped RF).
+    """
+    sel = load_csv(Path(session_dir) / "selection.csv")
+    keep = (sel["oracle_corr"].astype(float) >= float(floor)) | sel["unit_id"].isin(
+        [int(u) for u in include])
+    rows = []
+    for _, r in sel[keep].iterrows():
+        c = rf_centre(r)
+        rows.append({"unit_id": int(r["unit_id"]), "oracle_corr": float(r["oracle_corr"]),
+                     "rf_col_px": np.nan if c is None else c[0],
+                     "rf_row_px": np.nan if c is None else c[1]})
+    return pd.DataFrame(rows, columns=["unit_id", "oracle_corr", "rf_col_px", "rf_row_px"])
+
+
+def shared_stage(run_dir, session_ids, model: dict, train: dict, include: Mapping | None = None,
+                 device: str | None = None) -> dict:
+    """Fit the run's shared core on the pooled units of every session; ``results/shared``.
+
+    The units of every session (:func:`pooled_units` with ``model.shared_floor`` and the
+    session's reported neurons in ``include``: ``session id -> unit ids``) are fitted together:
+    one core, one readout per unit, early stopping on the pooled validation correlation
+    (:func:`meireport.models.fit_model`). Writes ``model.pt`` (every unit; a neuron's train
+    stage takes its readout: :meth:`meireport.models.TrainedModel.subset`), ``shared.json``
+    (units, sessions, seconds) and ``shared_units.csv`` (each unit's metrics). Skipped when its
+    inputs are those of the fit already there.
+
+    Returns
+    -------
+    dict
+        The contents of ``shared.json``.
+    """
+    return _shared_fit(run_dir, session_ids, model, train, include, device)[0]
+
+
+def shared_task(run_dir, session_ids, model: dict, train: dict, include: Mapping | None = None,
+                device: str | None = None) -> str:
+    """:func:`shared_stage` as a task of the run's graph: ``"cached"`` when nothing was fitted."""
+    from meireport.report.engine import CACHED
+
+    return CACHED if _shared_fit(run_dir, session_ids, model, train, include, device)[1] else "ok"
+
+
+def _shared_fit(run_dir, session_ids, model, train, include, device) -> tuple[dict, bool]:
+    """The shared fit (see :func:`shared_stage`) and whether it was already there."""
+    from meireport.models import TrainConfig, fit_model, make_split, pool_responses, save_checkpoint
+    from meireport.sources.simulate import combine_truths
+
+    run_dir = Path(run_dir)
+    out = run_dir / "results" / "shared"
+    mp, tr_cfg = ModelParams.from_dict(model), TrainConfig.from_dict(dict(train))
+    include = {int(k): [int(u) for u in v] for k, v in dict(include or {}).items()}
+    sdirs = [run_dir / "results" / str(int(s)) for s in session_ids]
+    pools = [pooled_units(d, mp.shared_floor, include.get(int(s), ()))
+             for s, d in zip(session_ids, sdirs, strict=True)]
+    names = ("trials.npz", "images.npz", "session.json") + (
+        ("gabors.npz",) if tr_cfg.gabors else ())
+    digests = {str(s): {p.name: file_sha256(p) for p in _session_inputs(d, _session(d)[1], *names)}
+               for s, d in zip(session_ids, sdirs, strict=True)}
+    dev = _device(device)
+    settings = {"model": model, "train": train, "device": dev.type, "inputs": digests,
+                "units": [p.to_dict(orient="list") for p in pools]}
+    key = compute_key("shared", [], settings)
+    outputs = ("model.pt", "shared.json", "shared_units.csv")
+    cached = cached_values(out, "shared", key, outputs) is not None
+    if not cached:
+        single_thread_torch()
+        pool = pd.concat(pools, ignore_index=True)
+        if pool.empty:
+            raise MeireportError(f"model.shared_floor: no unit of sessions "
+                                 f"{list(session_ids)} reaches {mp.shared_floor}")
+        data = pool_responses([response_data(d, gabors=tr_cfg.gabors) for d in sdirs])
+        truths = [_truth(_session(d)[1], d) for d in sdirs]
+        truth = combine_truths(truths) if all(t is not None for t in truths) else None
+        cnn_cfg, _ = mp.model_copy(update={"crop_size": None}).configs(
+            _session(sdirs[0])[2].shape)
+        ids = pool["unit_id"].astype(int).tolist()
+        centres = [None if np.isnan(c) else (float(c), float(r))
+                   for c, r in zip(pool["rf_col_px"], pool["rf_row_px"], strict=True)]
+        fit = fit_model(data, ids, "cnn", cnn_cfg, tr_cfg, rf_centres=centres,
+                        oracle=dict(zip(ids, pool["oracle_corr"].astype(float), strict=True)),
+                        truth=truth, split=make_split(data.image_ids, tr_cfg.val_frac,
+                                                      tr_cfg.test_frac, tr_cfg.split_seed),
+                        device=dev)
+        session_of = {int(u): int(s) for s, p in zip(session_ids, pools, strict=True)
+                      for u in p["unit_id"]}
+        fit.extra.update({"sessions": [int(s) for s in session_ids], "model_kind": "shared"})
+        save_checkpoint(fit, out / "model.pt")
+        units = fit.metrics.reset_index()
+        units.insert(1, "session_id", [session_of[int(u)] for u in units["unit_id"]])
+        save_csv(out / "shared_units.csv", units, index=False)
+        save_json(out / "shared.json", {
+            "n_units": len(ids), "sessions": [int(s) for s in session_ids],
+            "units_per_session": {str(s): int(len(p)) for s, p in
+                                  zip(session_ids, pools, strict=True)},
+            "floor": float(mp.shared_floor), "seconds": float(fit.seconds),
+            "seconds_per_unit": float(fit.seconds) / len(ids),
+            "epochs": int(len(fit.history)), "val_corr": float(max(
+                (h["val_corr"] for h in fit.history), default=float("nan")))})
+        record_compute(out, "shared", key, outputs)
+    return load_json(out / "shared.json"), cached
 
 
 def _unit_model(out_dir, dev=None):

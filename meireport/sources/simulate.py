@@ -43,6 +43,7 @@ __all__ = [
     "SimulatedSession",
     "GroundTruth",
     "load_ground_truth",
+    "combine_truths",
     "true_rate",
     "natural_images",
     "DEFAULT_SESSION_ID",
@@ -233,6 +234,34 @@ class GroundTruth:
             "geometry": self.geometry.to_dict(),
         } | self.meta
         (folder / "ground_truth.json").write_text(json.dumps(desc, indent=2))
+
+
+def combine_truths(truths) -> GroundTruth:
+    """The ground truths of several simulated sessions of one image set, as one.
+
+    For a model pooled over sessions (:func:`meireport.models.pool_responses`).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> a = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=1).truth
+    >>> b = simulate_session(tempfile.mkdtemp(), n_images=8, n_repeats=2, seed=2,
+    ...                      session_id=700000002).truth
+    >>> len(combine_truths([a, b]).unit_id) == len(a.unit_id) + len(b.unit_id)
+    True
+    """
+    truths = list(truths)
+    if not truths:
+        raise MeireportError("truths: expected at least one ground truth")
+    t0 = truths[0]
+    for i, t in enumerate(truths[1:], start=1):
+        if t.geometry != t0.geometry or t.meta.get("n_images") != t0.meta.get("n_images"):
+            raise MeireportError(f"truths[{i}]: another image set or screen geometry")
+    arrays = ("unit_id", "kind", "area", "rf_even", "rf_odd", "gain", "baseline", "latency")
+    return GroundTruth(**{k: np.concatenate([getattr(t, k) for t in truths]) for k in arrays},
+                       rf_params={k: np.concatenate([t.rf_params[k] for t in truths])
+                                  for k in t0.rf_params},
+                       geometry=t0.geometry, meta=dict(t0.meta))
 
 
 def load_ground_truth(path) -> GroundTruth:

@@ -1,0 +1,113 @@
+"""``model.kind: shared``: one core for the pooled units of every session of a run.
+
+A tiny two-session simulated run (``source.n_sessions: 2``): the shared core's task runs once
+every session is selected, pools both sessions' reliable units and every reported neuron, and
+each neuron's pages read its own readout of that core.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from meireport.artifacts import load_npz
+from meireport.errors import MeireportError
+from meireport.models import ResponseData, load_model, pool_responses
+from meireport.report.params import parse_params
+from meireport.report.run import SHARED_TASK_ID, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def _params(tmp_path: Path, **model) -> Path:
+    p = yaml.safe_load((ROOT / "params" / "tiny.yaml").read_text())
+    p["source"]["n_sessions"] = 2
+    p["model"] = dict(p["model"], kind="shared", **model)
+    p["limits"] = {"enabled": False}
+    f = tmp_path / "shared.yaml"
+    f.write_text(yaml.safe_dump(p))
+    return f
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shared")
+    out = tmp / "run"
+    return tmp, out, run(_params(tmp), out=out, progress=False)
+
+
+def _reported(out: Path) -> dict[int, list[int]]:
+    return {int(d.name): pd.read_csv(d / "summary.csv")["unit_id"].astype(int).tolist()
+            for d in sorted((out / "results").iterdir()) if (d / "summary.csv").is_file()}
+
+
+def test_one_core_serves_every_session_and_each_neuron_reads_its_own_readout(shared_run):
+    _, out, res = shared_run
+    assert not res.failed, [(r.task_id, r.error) for r in res.failed]
+    (task,) = [r for r in res.results if r.stage == "shared"]
+    assert task.task_id == SHARED_TASK_ID and task.status == "ok"
+    reported = _reported(out)
+    assert sorted(reported) == [700000001, 700000002] and all(reported.values())
+    info = json.loads((out / "results" / "shared" / "shared.json").read_text())
+    assert info["sessions"] == [700000001, 700000002]
+    assert info["n_units"] == sum(info["units_per_session"].values())
+    assert min(info["units_per_session"].values()) > 0 and info["seconds_per_unit"] > 0
+    whole = load_model(out / "results" / "shared" / "model.pt")
+    units = pd.read_csv(out / "results" / "shared" / "shared_units.csv").set_index("unit_id")
+    assert whole.unit_ids.tolist() == units.index.tolist()
+    sel = {s: pd.read_csv(out / "results" / str(s) / "selection.csv") for s in reported}
+    for s, table in sel.items():  # the pool: every unit over the floor, and the reported ones
+        over = set(table.loc[table["oracle_corr"] >= 0.2, "unit_id"]) | set(reported[s])
+        assert set(units.index[units["session_id"] == s]) == over
+    for s, ids in reported.items():
+        images = load_npz(out / "results" / str(s) / "images.npz")["images"]
+        for u in ids:
+            one = load_model(out / "results" / str(s) / str(u) / "model.pt")
+            col = int(np.flatnonzero(whole.unit_ids == u)[0])
+            np.testing.assert_allclose(one.predict(images), whole.predict(images)[:, [col]],
+                                       rtol=1e-4, atol=1e-5)
+            tj = json.loads((out / "results" / str(s) / str(u) / "train.json").read_text())
+            assert tj["model_kind"] == "shared" and tj["shared_sessions"] == 2
+            assert tj["shared_units"] == info["n_units"]
+            assert tj["test_corr"] == pytest.approx(units.loc[u, "test_corr"])
+            assert tj["train_seconds"] == pytest.approx(info["seconds_per_unit"])
+            assert (out / "results" / str(s) / str(u) / "mei.npy").is_file()
+
+
+def test_a_rerun_is_cached_and_a_new_floor_refits_the_core(shared_run):
+    tmp, out, _ = shared_run
+    again = run(_params(tmp), out=out, progress=False)
+    assert not again.executed and not again.failed
+    before = json.loads((out / "results" / "shared" / "shared.json").read_text())["n_units"]
+    tight = run(_params(tmp, shared_floor=0.95), out=out, progress=False)
+    assert not tight.failed, [(r.task_id, r.error) for r in tight.failed]
+    info = json.loads((out / "results" / "shared" / "shared.json").read_text())
+    reported = _reported(out)
+    assert info["n_units"] == sum(len(v) for v in reported.values()) < before  # reported only
+    redone = {r.stage for r in tight.executed}
+    assert {"shared", "train", "mei", "gabor"} <= redone and "extract" not in redone
+
+
+def test_shared_params_and_pooling_fail_in_one_line():
+    with pytest.raises(MeireportError, match=r"^source: give n_sessions or session_ids, not bo"):
+        parse_params({"source": {"kind": "simulated", "n_sessions": 2, "session_ids": [1]}})
+    with pytest.raises(MeireportError, match=r"^source: n_sessions is for kind 'simulated'"):
+        parse_params({"source": {"kind": "nwb", "path": "/x.nwb", "n_sessions": 2}})
+    with pytest.raises(MeireportError, match=r"^model.kind: "):
+        parse_params({"source": {"kind": "simulated"}, "model": {"kind": "pooled"}})
+    p = parse_params({"source": {"kind": "simulated", "n_sessions": 3}})
+    assert p.source.session_ids == [700000001, 700000002, 700000003]
+    rng = np.random.default_rng(0)
+    a = ResponseData(rng.random((4, 6, 8)), np.ones((2, 4, 3)), [1, 2], np.arange(4))
+    b = ResponseData(rng.random((4, 6, 8)), np.ones((1, 4, 3)), [3], np.arange(4))
+    with pytest.raises(MeireportError, match=r"^datas\[1\]: its natural scenes are not those"):
+        pool_responses([a, b])
+    with pytest.raises(MeireportError, match=r"^unit_ids: \[1\] occur in two sessions"):
+        pool_responses([a, ResponseData(a.images, np.ones((1, 4, 2)), [1], np.arange(4))])
