@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "-e", ".[test]")
     # `allen` tests need AllenSDK's env (`nox -s allen`); `wheel` tests have `nox -s wheel`
     args = session.posargs or [
-        "-m", "not allen and not wheel and not slurm and not gpu and not scale"]
+        "-m", "not allen and not wheel and not slurm and not gpu and not scale and not rich"]
     session.run("pytest", *args, env={"MPLBACKEND": "Agg"})
 
 
