@@ -511,3 +511,44 @@ def test_mei_rf_corr_definition(small_session):
     assert mei_rf_corr(truth, int(truth.unit_id[j]), 0.5 - truth.rf_even[j]) == pytest.approx(-1)
     k = int(np.flatnonzero(truth.kind == "untuned")[0])
     assert np.isnan(mei_rf_corr(truth, int(truth.unit_id[k]), np.full((60, 96), 0.5)))
+
+
+def test_many_units_meis_in_one_batch_are_each_units_own(train_images):
+    """generate_meis: the MEIs of several units of one shared CNN in one batch equal each unit's
+    own synthesis (UnitModel, as the per-neuron pages do), start by start, up to float rounding;
+    starts leave the batch as the stopping rule ends them."""
+    from meireport.mei import generate_meis
+    from meireport.models import CNNConfig, CNNModel, CoreConfig
+
+    rng = np.random.default_rng(3)
+    pop = CNNModel(CNNConfig(core=CoreConfig(hidden_channels=4, layers=2, input_kern=9),
+                             input_shape=(30, 48)), n_units=20,
+                   rf_centres=rng.uniform([5, 5], [43, 25], (20, 2)))
+    with torch.no_grad():
+        for p in pop.readout.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    imgs = train_images[:, :30, :48]
+    cfg = MEIConfig(steps=300, starts=MEIConfig().starts[:2])
+    rows = [4, 17, 9]
+    seen = []
+    real = pop.forward_units
+
+    def counted(x, r):
+        seen.append(len(r))
+        return real(x, r)
+
+    pop.forward_units = counted  # how many images each step reads out
+    many = generate_meis(pop, rows, imgs, cfg)
+    del pop.forward_units
+    assert len(many) == 3
+    for row, res in zip(rows, many, strict=True):
+        one = generate_mei(UnitModel(pop, row), imgs, cfg)
+        assert pixel_correlation(res.mei, one.mei) >= 0.999
+        assert res.response == pytest.approx(one.response, rel=1e-4)
+        assert res.best == one.best and res.c_star == one.c_star and res.mean == one.mean
+        for a, b in zip(res.steps_run, one.steps_run, strict=True):
+            assert abs(a - b) <= 2  # a borderline stop may move by float rounding
+    assert seen[0] == 6 and len(seen) == max(max(r.steps_run) for r in many) + 1
+    assert max(max(r.steps_run) for r in many) < 300  # stopped, the batch read out: one pass
+    with pytest.raises(MeireportError, match="rows: expected unit positions"):
+        generate_meis(pop, [-1], imgs, cfg)

@@ -67,6 +67,7 @@ from meireport.mei.synthesis import (
     default_starts,
     ensemble_meis,
     generate_mei,
+    generate_meis,
     model_device,
     phase_agreement,
     project,
@@ -78,6 +79,7 @@ from meireport.mei.targets import (
     LinearModel,
     TrueNeuron,
     UnitModel,
+    UnitsModel,
     predict,
 )
 from meireport.mei.truth import (
@@ -102,6 +104,7 @@ __all__ = [
     "StartResult",
     "TrueNeuron",
     "UnitModel",
+    "UnitsModel",
     "agreement",
     "angular_power",
     "apply_mask",
@@ -134,6 +137,7 @@ __all__ = [
     "gabor_search",
     "gaussian_blur",
     "generate_mei",
+    "generate_meis",
     "luminance",
     "mei_rf_corr",
     "mei_true_resp",

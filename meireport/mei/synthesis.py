@@ -65,6 +65,7 @@ __all__ = [
     "agreement",
     "phase_agreement",
     "generate_mei",
+    "generate_meis",
     "ensemble_meis",
     "converged",
     "project",
@@ -474,13 +475,15 @@ def _step(x: torch.Tensor, g: torch.Tensor, sigma: float, config: MEIConfig, mea
 
 
 def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig,
-            mean: float = 0.5):
+            mean: float = 0.5, compact: bool = False):
     """Run the loop on a batch of starts, on the model's device.
 
     Returns the final images, the response/std traces (``n x steps + 1``, NaN after a start's
     stop) and the steps each start ran. A start the stopping rule ends is frozen: it stays in
     the batch, unchanged (so that every other start computes exactly as without the rule),
-    until every start has stopped.
+    until every start has stopped. With ``compact`` (many units in one batch, a
+    :class:`~meireport.mei.targets.UnitsModel`), only the starts still running are passed to
+    the model: the batch shrinks as they stop (the same steps, up to float rounding).
     """
     device = model_device(model)
     dtype = model_dtype(model) if config.dtype == "auto" else getattr(torch, config.dtype)
@@ -499,7 +502,10 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig,
     lam = float(config.contrast_weight) if config.method == "seed" else 0.0
     for t in range(steps):
         x.requires_grad_(True)
-        r = responses(model, x)
+        if compact:
+            r = _live_responses(model, x, stopped)
+        else:
+            r = responses(model, x)
         s = torch.sqrt(x.flatten(1).var(dim=1, correction=0) + 1e-12)
         if not torch.all(torch.isfinite(r)):
             raise MeireportError(f"model: expected finite responses, got {r.tolist()} at step {t}")
@@ -530,10 +536,103 @@ def _ascend(model: Model, x0: np.ndarray, c_star: float, config: MEIConfig,
     live = np.flatnonzero(~stopped)
     if len(live):
         with torch.no_grad():
-            resp[live, -1] = responses(model, x).double().cpu().numpy()[live]
+            last = _live_responses(model, x, stopped) if compact else responses(model, x)
+            resp[live, -1] = last.double().cpu().numpy()[live]
             stds[live, -1] = x.flatten(1).std(dim=1, correction=0).double().cpu().numpy()[live]
         final[live] = x.detach()[:, 0].double().cpu().numpy()[live]
     return final, resp, stds, ran
+
+
+def _live_responses(model, x: torch.Tensor, stopped: np.ndarray) -> torch.Tensor:
+    """Responses of the starts still running, their images alone through the model.
+
+    The stopped ones read 0 (their traces are not recorded) and get no gradient.
+    """
+    live = np.flatnonzero(~stopped)
+    model.restrict(live)
+    r_live = responses(model, x[torch.as_tensor(live, device=x.device)])
+    out = torch.zeros(x.shape[0], dtype=r_live.dtype, device=r_live.device)
+    return out.index_put((torch.as_tensor(live, device=r_live.device),), r_live)
+
+
+def _result(config: MEIConfig, final, resp, stds, ran, c_star: float, mean: float,
+            seconds: float) -> MEIResult:
+    """The :class:`MEIResult` of one unit's starts (rows of the loop's outputs)."""
+    starts = [
+        StartResult(name, final[i], resp[i, : ran[i] + 1], stds[i, : ran[i] + 1],
+                    converged=bool(ran[i] < config.steps))
+        for i, name in enumerate(config.starts)
+    ]
+    last = np.array([st.final_response for st in starts])
+    best = int(np.argmax(last))
+    corr, rel = agreement(final)
+    return MEIResult(mei=final[best], response=float(last[best]), best=best, starts=starts,
+                     agreement=corr, reliability=rel, phase_reliability=phase_agreement(final),
+                     c_star=float(c_star), config=config, seconds=float(seconds),
+                     mean=float(mean))
+
+
+def _footing(config: MEIConfig, images) -> tuple[np.ndarray, float, float]:
+    imgs = np.asarray(images, dtype=np.float64)
+    check(imgs.ndim == 3 and len(imgs) > 0, "images", "a non-empty n x H x W stack", imgs.shape)
+    c_star = config.target_std if config.target_std is not None else target_contrast(imgs)
+    mean = config.target_mean if config.target_mean is not None else float(imgs.mean())
+    return imgs, float(c_star), float(mean)
+
+
+def generate_meis(model, rows, images, config: MEIConfig | None = None) -> list[MEIResult]:
+    """The MEIs of many units of one population model, synthesised in one batch.
+
+    Every unit's starts (``config.starts``) go through the model together: one forward and
+    backward pass per step serves all of them (:class:`~meireport.mei.targets.UnitsModel`: each
+    image reads out its own unit only), and a start leaves the batch when the stopping rule
+    ends it. Each unit's result is what :func:`generate_mei` gives for
+    ``UnitModel(model, row)`` (the same loop, starts and set; equal up to float rounding);
+    ``seconds`` is the batch's time divided by the units.
+
+    Parameters
+    ----------
+    model : Module
+        ``N x rows x cols`` (or ``N x 1 x rows x cols``) -> ``N x n_units`` (e.g. a shared
+        :class:`meireport.models.CNNModel`); put in evaluation mode here.
+    rows : sequence of int
+        The units' positions in the model's output.
+    images : array_like
+        The training images (``c*`` unless ``config.target_std``, the mean, the shape).
+    config : MEIConfig, optional
+        The loop's constants (default :class:`MEIConfig`).
+
+    Returns
+    -------
+    list of MEIResult
+        One per unit of ``rows``, in that order.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from meireport.mei.targets import UnitModel
+    >>> pop = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    >>> imgs = np.random.default_rng(0).random((5, 8, 8))
+    >>> cfg = MEIConfig(steps=30, blur_start=1.0, stop=False)
+    >>> many = generate_meis(pop, [2, 0], imgs, cfg)
+    >>> one = generate_mei(UnitModel(pop, 0), imgs, cfg)
+    >>> bool(np.allclose(many[1].mei, one.mei, atol=1e-5)), len(many)
+    (True, 2)
+    """
+    config = MEIConfig() if config is None else config
+    check(isinstance(config, MEIConfig), "config", "an MEIConfig", type(config))
+    from meireport.mei.targets import UnitsModel
+
+    rows = np.atleast_1d(np.asarray(rows, dtype=np.int64))
+    imgs, c_star, mean = _footing(config, images)
+    k = len(config.starts)
+    units = as_model(UnitsModel(model, np.repeat(rows, k)))
+    t0 = time.perf_counter()
+    x0 = np.concatenate([start_images(config, imgs.shape[1:])] * len(rows))
+    final, resp, stds, ran = _ascend(units, x0, c_star, config, mean, compact=True)
+    seconds = (time.perf_counter() - t0) / len(rows)
+    return [_result(config, *(a[i * k:(i + 1) * k] for a in (final, resp, stds, ran)), c_star,
+                    mean, seconds) for i in range(len(rows))]
 
 
 def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIResult:
@@ -570,34 +669,11 @@ def generate_mei(model: Model, images, config: MEIConfig | None = None) -> MEIRe
     config = MEIConfig() if config is None else config
     check(isinstance(config, MEIConfig), "config", "an MEIConfig", type(config))
     model = as_model(model)
-    imgs = np.asarray(images, dtype=np.float64)
-    check(imgs.ndim == 3 and len(imgs) > 0, "images", "a non-empty n x H x W stack", imgs.shape)
-    c_star = config.target_std if config.target_std is not None else target_contrast(imgs)
-    mean = config.target_mean if config.target_mean is not None else float(imgs.mean())
+    imgs, c_star, mean = _footing(config, images)
     t0 = time.perf_counter()
     final, resp, stds, ran = _ascend(model, start_images(config, imgs.shape[1:]), c_star, config,
                                      mean)
-    starts = [
-        StartResult(name, final[i], resp[i, : ran[i] + 1], stds[i, : ran[i] + 1],
-                    converged=bool(ran[i] < config.steps))
-        for i, name in enumerate(config.starts)
-    ]
-    last = np.array([st.final_response for st in starts])
-    best = int(np.argmax(last))
-    corr, rel = agreement(final)
-    return MEIResult(
-        mei=final[best],
-        response=float(last[best]),
-        best=best,
-        starts=starts,
-        agreement=corr,
-        reliability=rel,
-        phase_reliability=phase_agreement(final),
-        c_star=float(c_star),
-        config=config,
-        seconds=time.perf_counter() - t0,
-        mean=float(mean),
-    )
+    return _result(config, final, resp, stds, ran, c_star, mean, time.perf_counter() - t0)
 
 
 def ensemble_meis(models: Sequence[Model], images, config: MEIConfig | None = None) -> MEIResult:

@@ -14,6 +14,7 @@ from meireport.models.device import model_device
 
 __all__ = [
     "UnitModel",
+    "UnitsModel",
     "EnsembleModel",
     "LinearModel",
     "EnergyModel",
@@ -52,6 +53,48 @@ class UnitModel(nn.Module):
                 f"output shape {tuple(out.shape)}"
             )
         return out[:, self.index]
+
+
+class UnitsModel(nn.Module):
+    """Many units of one population model, one per image: image ``b`` -> unit ``rows[b]``.
+
+    What synthesises the MEIs of many units in one batch (:func:`meireport.mei.generate_meis`):
+    with a model that has ``forward_units`` (:meth:`meireport.models.CNNModel.forward_units`)
+    only the asked units are read out; else the whole output is computed and gathered.
+    :meth:`restrict` narrows the batch to some of its images (those still being optimised).
+
+    Examples
+    --------
+    >>> pop = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
+    >>> m = UnitsModel(pop, [2, 0])
+    >>> x = torch.rand(2, 1, 2, 3)
+    >>> bool(torch.allclose(m(x), pop(x)[[0, 1], [2, 0]]))
+    True
+    """
+
+    def __init__(self, model: nn.Module, rows):
+        super().__init__()
+        rows = np.atleast_1d(np.asarray(rows))
+        check(rows.ndim == 1 and len(rows) > 0 and np.issubdtype(rows.dtype, np.integer)
+              and int(rows.min()) >= 0, "rows", "unit positions >= 0, one per image", rows)
+        self.model, self.rows = model, rows.astype(np.int64)
+        self.active = np.arange(len(rows))
+
+    def restrict(self, images) -> None:
+        """Only the images at positions ``images`` (of the full batch) come next."""
+        self.active = np.asarray(images, dtype=np.int64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Response of each image's unit, shape ``B`` (``B`` = the active images)."""
+        rows = self.rows[self.active]
+        if x.shape[0] != len(rows):
+            raise MeireportError(f"x: expected {len(rows)} images (one per active unit), got "
+                                 f"{x.shape[0]}")
+        if hasattr(self.model, "forward_units"):
+            return self.model.forward_units(x, rows)
+        out = self.model(x)
+        return out[torch.arange(len(rows), device=out.device), torch.as_tensor(rows,
+                                                                              device=out.device)]
 
 
 class EnsembleModel(nn.Module):

@@ -169,6 +169,21 @@ class CNNModel(nn.Module):
         """Predicted responses ``N x n_units`` (> 0)."""
         return F.elu(self.readout(self.core(self.crop(x)))) + 1
 
+    def forward_units(self, x, rows) -> torch.Tensor:
+        """Predicted response of unit ``rows[b]`` to image ``b``, shape ``N`` (> 0).
+
+        ``forward(x)[arange(N), rows]`` with the readout computed for those units only.
+
+        Examples
+        --------
+        >>> m = CNNModel(CNNConfig(core=CoreConfig(hidden_channels=4, layers=1)), n_units=3).eval()
+        >>> x = torch.rand(2, 60, 96)
+        >>> bool(torch.allclose(m.forward_units(x, [2, 0]), m(x)[[0, 1], [2, 0]], atol=1e-5))
+        True
+        """
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=self.readout.bias.device)
+        return F.elu(self.readout.forward_units(self.core(self.crop(x)), idx)) + 1
+
     def init_bias(self, mean_response) -> None:
         """Start the output near ``mean_response`` (one value or one per unit)."""
         with torch.no_grad():
@@ -235,6 +250,10 @@ class Ensemble(nn.Module):
     def forward(self, x) -> torch.Tensor:
         """Mean prediction of the members, ``N x n_units``."""
         return self.members_forward(x).mean(dim=0)
+
+    def forward_units(self, x, rows) -> torch.Tensor:
+        """Mean over the members of :meth:`CNNModel.forward_units`."""
+        return torch.stack([m.forward_units(x, rows) for m in self.members]).mean(dim=0)
 
     def regularizer(self) -> torch.Tensor:
         """Sum of the members' regularisers."""

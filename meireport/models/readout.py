@@ -261,6 +261,20 @@ class PointPyramidReadout(nn.Module):
         sampled = torch.cat(pools, dim=1)[..., 0]  # N x (C * levels) x units
         return (sampled * self.features[None]).sum(dim=1) + self.bias
 
+    def forward_units(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Response of unit ``rows[b]`` to image ``b`` only, shape ``N`` (before the nonlinearity).
+
+        The pyramid is sampled at one position per image, so many units' MEIs synthesised in
+        one batch cost one readout per image, not ``n_units``.
+        """
+        if self.n_units <= _MAPS_UP_TO:  # the weight maps of the few units
+            return torch.einsum("nchw,nchw->n", x, self.weight_maps(x.shape[-2:])[rows]) \
+                + self.bias[rows]
+        grid = self.grid.clamp(-1, 1)[rows][:, None, None, :]  # N x 1 x 1 x 2
+        pools = [F.grid_sample(lvl, grid, align_corners=True) for lvl in self.pyramid(x)]
+        sampled = torch.cat(pools, dim=1)[:, :, 0, 0]  # N x (C * levels)
+        return (sampled * self.features[:, rows].T).sum(dim=1) + self.bias[rows]
+
     def sampling_maps(self, shape) -> torch.Tensor:
         """What each level sampled at each unit's position weighs in a map of ``shape``.
 
@@ -392,6 +406,11 @@ class FactorizedReadout(nn.Module):
             )
         pooled = torch.einsum("nchw,uhw->nuc", x, self.mask)
         return (pooled * self.features[None]).sum(dim=2) + self.bias
+
+    def forward_units(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Response of unit ``rows[b]`` to image ``b`` only, shape ``N``."""
+        pooled = torch.einsum("nchw,nhw->nc", x, self.mask[rows])
+        return (pooled * self.features[rows]).sum(dim=1) + self.bias[rows]
 
     def constrain(self) -> None:
         """Project parameters onto their constraints (call after each optimiser step)."""

@@ -226,8 +226,15 @@ def _fit_variants(variants, data, units, centres, oracle, truth, model, train, c
     return rows, fits
 
 
-def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
-    """The MEI of one unit on its model and its in-silico inception loop (the MEI stage's code)."""
+def _mei_config(cfg: LimitsParams):
+    return MEIParams(steps=cfg.mei_steps, n_starts=cfg.mei_starts, seed=cfg.seed).config()
+
+
+def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams, result=None) -> dict:
+    """The MEI of one unit on its model and its in-silico inception loop (the MEI stage's code).
+
+    ``result``: its MEI synthesised already (a batch of units: :func:`meireport.mei.generate_meis`).
+    """
     from meireport.mei import DEIConfig, UnitModel, best_phase_image, true_response
     from meireport.report.stages import dei_truth_values, mei_truth_values, unit_deis, unit_mei
 
@@ -235,8 +242,7 @@ def _mei_values(fit, unit_id: int, data, truth, sg, cfg: LimitsParams) -> dict:
     model = UnitModel(fit.model, i).eval()
     train_rows = np.isin(data.image_ids, np.asarray(fit.split.train))
     imgs = data.images.astype(np.float64)
-    mei = MEIParams(steps=cfg.mei_steps, n_starts=cfg.mei_starts, seed=cfg.seed).config()
-    u = unit_mei(model, imgs[train_rows], imgs, mei)
+    u = unit_mei(model, imgs[train_rows], imgs, _mei_config(cfg), result=result)
     out = u.values() | mei_truth_values(truth, unit_id, u, imgs)
     d = unit_deis(model, u, DEIConfig(seed=cfg.seed))  # the MEI stage's default DEIs
     out |= d["values"] | dei_truth_values(truth, unit_id, d["arrays"]["images"], u.mei)
@@ -733,7 +739,7 @@ def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
     meta = {"piece": "pooled", "n_images": int(cfg.pooled_at), "n_pool": int(n_pool)}
 
     def write(d: Path) -> None:
-        from meireport.mei import session_gabor
+        from meireport.mei import generate_meis, session_gabor
         from meireport.report.stages import session_gabors
 
         t0 = time.perf_counter()
@@ -759,18 +765,23 @@ def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
                         split=make_split(pool.image_ids, tr.val_frac, tr.test_frac,
                                          tr.split_seed))
         fit_s = time.perf_counter() - t0
+        # the modelled units' MEIs in one batch (one pass per step serves every unit and start)
+        rows = [int(np.flatnonzero(fit.unit_ids == u)[0]) for u in probes]
+        train_imgs = pool.images[np.isin(pool.image_ids, np.asarray(fit.split.train))]
+        meis = generate_meis(fit.model, rows, train_imgs.astype(np.float64), _mei_config(cfg))
         units = []
-        for u in probes:
+        for u, res in zip(probes, meis, strict=True):
             sg = session_gabor(session_gabors(x0["sdir"]), u, x0["geometry"])
             m = fit.metrics.loc[u]
             units.append({"unit_id": int(u), "true_kind": str(m["true_kind"]),
                           "true_corr": float(m["true_corr"]), "test_corr": float(m["test_corr"]),
                           "frac_oracle": float(m["frac_oracle"]),
-                          **_mei_values(fit, u, x0["data"], x0["truth"], sg, cfg)})
+                          **_mei_values(fit, u, x0["data"], x0["truth"], sg, cfg, result=res)})
         kinds = fit.metrics["true_kind"].astype(str)
         save_json(d / "pooled.json", {
             "n_pool": len(ids), "requested": int(n_pool), "sessions": len(used),
             "fit_seconds": float(fit.seconds), "seconds_per_unit": float(fit.seconds) / len(ids),
+            "mei_batch_seconds": float(sum(r.seconds for r in meis)),
             "epochs": int(len(fit.history)),
             "pool_true_corr": {k: float(fit.metrics.loc[kinds == k, "true_corr"].median())
                                for k in sorted(set(kinds))},
@@ -1123,6 +1134,7 @@ def pooled_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                 (g["mei_true_resp"] > g["session_gabor_true_resp"]).mean())
         row["units"] = len(g)
         row["s / unit"] = float(g["seconds_per_unit"].median())
+        row["MEI s / unit"] = float(g["mei_seconds"].median()) if "mei_seconds" in g else np.nan
         rows[name] = row
     return pd.DataFrame(rows).T
 

@@ -552,7 +552,7 @@ class UnitMEI:
                 "mei_steps_total": int(res.summary()["steps_total"])}
 
 
-def unit_mei(model, train_images, images, config) -> UnitMEI:
+def unit_mei(model, train_images, images, config, result=None) -> UnitMEI:
     """Synthesise a unit's MEI and set it beside the natural images, all in the same set.
 
     The set is the MEI's: the training images' mean luminance and the configured RMS contrast
@@ -576,7 +576,8 @@ def unit_mei(model, train_images, images, config) -> UnitMEI:
 
     train_images = np.asarray(train_images, dtype=np.float64)
     images = np.asarray(images, dtype=np.float64)
-    res = generate_mei(model, train_images, config)
+    # ``result``: the unit's MEI synthesised already (e.g. in a batch, meireport.mei.generate_meis)
+    res = generate_mei(model, train_images, config) if result is None else result
     mean, c_star = res.mean, res.c_star
     mei_img = np.clip(res.mei, 0.0, 1.0)
     stimuli = equalize(np.concatenate([mei_img[None], images]), mean, c_star)
