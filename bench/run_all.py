@@ -6,7 +6,8 @@ Directly: ``python -m bench.run_all [--only spikes,oracle] [--skip scaling] [--q
 Sections, in order: ``data`` (the seed-sized session), ``spikes``, ``reader`` (the reader on a
 full-scale session, ``bench_reader.py``), ``remote`` (bytes fetched over loopback HTTP from
 that session, ``bench_remote.py``), ``oracle``, ``models``
-(the training/MEI scripts of the other issues), ``report`` (tiny report cold / rebuild / MEI
+(the training/MEI scripts of the other issues), ``shared`` (the shared core's training cost
+per unit and batched MEIs, ``bench_shared.py``), ``report`` (tiny report cold / rebuild / MEI
 changed, papermill overhead), ``scaling``, ``engine`` (issue #14's targets against the
 previous engine, commit 8ae6a11, run from a git worktree). A failing section is recorded and the
 others go on. The whole is sized to finish in 30 minutes from a fresh clone on a 2-core machine;
@@ -29,7 +30,8 @@ if __package__ in (None, ""):  # `python bench/run_all.py`
 from bench.common import RESULTS_JSON, WORK_DIR, Results, log, machine_info  # noqa: E402
 
 # scaling and engine adapt to the budget; engine comes last (it extrapolates scaling's fit)
-SECTIONS = ("spikes", "reader", "remote", "oracle", "models", "report", "scaling", "engine")
+SECTIONS = ("spikes", "reader", "remote", "oracle", "models", "shared", "report", "scaling",
+            "engine")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,6 +140,10 @@ def _run(name: str, res: Results, data: dict | None, args: argparse.Namespace,
 
         bench_external.run_section(res, steps=300 if args.quick else 1000, quick=args.quick,
                                    full=args.full_models)
+    elif name == "shared":
+        from bench import bench_shared
+
+        bench_shared.run_section(res, pools=(50, 100) if args.quick else (50, 100, 200))
     elif name == "report":
         from bench import bench_report
 
