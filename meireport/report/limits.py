@@ -720,9 +720,7 @@ def _pool_ids(entries: list[Path], probes: list[int], floor: float, n_pool: int)
 
 def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
             train: dict | None = None, cache: str | None = None) -> tuple[str, bool]:
-    from meireport.models import fit_model, make_split, pool_responses
-    from meireport.report.stages import response_data, rf_centre, single_thread_torch
-    from meireport.sources.simulate import combine_truths, load_ground_truth
+    from meireport.report.stages import fit_pooled, rf_centre, single_thread_torch
 
     single_thread_torch()
     cfg, store = LimitsParams.from_dict(limits), _store(cache)
@@ -744,26 +742,15 @@ def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
 
         t0 = time.perf_counter()
         used = [(e, ids) for e, ids in zip(entries, groups, strict=True) if ids]
-        datas, truths, rows = [], [], []
-        for e, ids in used:
-            sdir = e / _SESSION
-            data = response_data(sdir, gabors=False)
-            datas.append(replace(data, trials=data.trials[data.rows(ids)],
-                                 unit_ids=np.asarray(ids, dtype=np.int64)))
-            truths.append(load_ground_truth(sdir / load_json(sdir / "session.json")
-                                            ["ground_truth"]))
-            rows.append(_measures(e).set_index("unit_id").loc[ids])
-        pool, truth, meas = pool_responses(datas), combine_truths(truths), pd.concat(rows)
-        ids = pool.unit_ids.tolist()
+        meas = pd.concat([_measures(e).set_index("unit_id").loc[ids] for e, ids in used])
+        ids = [u for _, group in used for u in group]
         x0 = _fit_inputs(entries[0], probes)
-        cnn_cfg = _variant_configs(Variant("shared", "cnn", population=True), dict(model or {}),
-                                   dict(train or {}), cfg, x0["geometry"].shape)
-        cnn, tr = cnn_cfg[0], cnn_cfg[1]
-        fit = fit_model(pool, ids, "cnn", cnn, tr,
-                        rf_centres=[rf_centre(meas.loc[u]) for u in ids],
-                        oracle=meas["oracle_corr"].astype(float).to_dict(), truth=truth,
-                        split=make_split(pool.image_ids, tr.val_frac, tr.test_frac,
-                                         tr.split_seed))
+        cnn, tr, _ = _variant_configs(Variant("shared", "cnn", population=True),
+                                      dict(model or {}), dict(train or {}), cfg,
+                                      x0["geometry"].shape)
+        fit, pool = fit_pooled([e / _SESSION for e, _ in used], ids, cnn, tr,
+                               [rf_centre(meas.loc[u]) for u in ids],
+                               meas["oracle_corr"].astype(float).to_dict())
         fit_s = time.perf_counter() - t0
         # the modelled units' MEIs in one batch (one pass per step serves every unit and start)
         rows = [int(np.flatnonzero(fit.unit_ids == u)[0]) for u in probes]

@@ -45,6 +45,7 @@ __all__ = [
     "unit_row",
     "train_stage",
     "shared_stage",
+    "fit_pooled",
     "shared_dir",
     "pooled_units",
     "mei_stage",
@@ -382,8 +383,7 @@ def shared_task(run_dir, session_ids, model: dict, train: dict, include: Mapping
 
 def _shared_fit(run_dir, session_ids, model, train, include, device) -> tuple[dict, bool]:
     """The shared fit (see :func:`shared_stage`) and whether it was already there."""
-    from meireport.models import TrainConfig, fit_model, make_split, pool_responses, save_checkpoint
-    from meireport.sources.simulate import combine_truths
+    from meireport.models import TrainConfig, save_checkpoint
 
     run_dir = Path(run_dir)
     out = run_dir / "results" / "shared"
@@ -408,19 +408,13 @@ def _shared_fit(run_dir, session_ids, model, train, include, device) -> tuple[di
         if pool.empty:
             raise MeireportError(f"model.shared_floor: no unit of sessions "
                                  f"{list(session_ids)} reaches {mp.shared_floor}")
-        data = pool_responses([response_data(d, gabors=tr_cfg.gabors) for d in sdirs])
-        truths = [_truth(_session(d)[1], d) for d in sdirs]
-        truth = combine_truths(truths) if all(t is not None for t in truths) else None
         cnn_cfg, _ = mp.model_copy(update={"crop_size": None}).configs(
             _session(sdirs[0])[2].shape)
         ids = pool["unit_id"].astype(int).tolist()
         centres = [None if np.isnan(c) else (float(c), float(r))
                    for c, r in zip(pool["rf_col_px"], pool["rf_row_px"], strict=True)]
-        fit = fit_model(data, ids, "cnn", cnn_cfg, tr_cfg, rf_centres=centres,
-                        oracle=dict(zip(ids, pool["oracle_corr"].astype(float), strict=True)),
-                        truth=truth, split=make_split(data.image_ids, tr_cfg.val_frac,
-                                                      tr_cfg.test_frac, tr_cfg.split_seed),
-                        device=dev)
+        fit, _ = fit_pooled(sdirs, ids, cnn_cfg, tr_cfg, centres,
+                            dict(zip(ids, pool["oracle_corr"].astype(float), strict=True)), dev)
         session_of = {int(u): int(s) for s, p in zip(session_ids, pools, strict=True)
                       for u in p["unit_id"]}
         fit.extra.update({"sessions": [int(s) for s in session_ids], "model_kind": "shared"})
@@ -438,6 +432,36 @@ def _shared_fit(run_dir, session_ids, model, train, include, device) -> tuple[di
                 (h["val_corr"] for h in fit.history), default=float("nan")))})
         record_compute(out, "shared", key, outputs)
     return load_json(out / "shared.json"), cached
+
+
+def fit_pooled(session_dirs, unit_ids, cnn_config, train_config, centres, oracle,
+               device=None):
+    """One shared core fitted on ``unit_ids`` of several sessions' extraction artifacts.
+
+    The sessions' responses are pooled (:func:`meireport.models.pool_responses`: the same
+    images), their ground truths combined when every session has one, and the units fitted
+    together (:func:`meireport.models.fit_model`, the split of ``train_config``). The run's
+    shared stage and the data-limit chapter's pooled pieces both call this.
+
+    Returns
+    -------
+    tuple
+        The :class:`meireport.models.TrainedModel` and the pooled
+        :class:`meireport.models.ResponseData`.
+    """
+    from meireport.models import fit_model, make_split, pool_responses
+    from meireport.sources.simulate import combine_truths
+
+    dirs = [Path(d) for d in session_dirs]
+    data = pool_responses([response_data(d, gabors=train_config.gabors) for d in dirs])
+    truths = [_truth(_session(d)[1], d) for d in dirs]
+    truth = combine_truths(truths) if all(t is not None for t in truths) else None
+    tr = train_config
+    fit = fit_model(data, list(unit_ids), "cnn", cnn_config, tr, rf_centres=centres,
+                    oracle=oracle, truth=truth,
+                    split=make_split(data.image_ids, tr.val_frac, tr.test_frac, tr.split_seed),
+                    device=device)
+    return fit, data
 
 
 def _unit_model(out_dir, dev=None):
