@@ -17,6 +17,7 @@ from torch import nn
 from meireport.errors import MeireportError
 from meireport.mei import (
     DEFAULT_CONTRAST,
+    STEP_CONTRAST,
     EnergyModel,
     EnsembleModel,
     LinearModel,
@@ -207,6 +208,24 @@ def test_constrained_mei_of_a_linear_unit_is_its_filter_at_the_set_contrast(trai
     seed = generate_mei(LinearModel(w), train_images, replace(FAST, method="seed",
                                                                target_std=None))
     assert abs(seed.mei.std() - seed.c_star) > 0.05
+
+
+def test_the_constrained_step_scales_with_the_set_contrast(train_images):
+    """A step moves the image by the same fraction of its contrast at any set contrast: on a
+    linear unit (constant gradient), with no pixel clipped, the loops at c and c / 2 are the
+    same images up to the contrast, step by step."""
+    w = unit_rf(12.0, -6.0, 35.0, 0.1, 30.0, phase=0.8)
+    cfg = replace(FAST, starts=("noise",), stop=False, steps=30)
+    mean = float(train_images.mean())
+    a, b = (generate_mei(LinearModel(w), train_images, replace(cfg, target_std=c))
+            for c in (0.02, 0.01))
+    assert a.summary()["clip_fraction"] == b.summary()["clip_fraction"] == 0.0
+    assert np.allclose((a.mei - mean) / 0.02, (b.mei - mean) / 0.01, atol=1e-4)
+    r0 = predict(LinearModel(w), np.full((1, *w.shape), mean))[0]  # the flat image's response
+    assert np.allclose(a.starts[0].response - r0, 2 * (b.starts[0].response - r0), atol=1e-4)
+    # the same number with the step at 0.06's size: it moved a 0.03 image twice as far, and an
+    # energy unit's carrier phase drifted on after the stopping rule (tested below)
+    assert STEP_CONTRAST == 0.06 and DEFAULT_CONTRAST < STEP_CONTRAST
 
 
 def test_the_compared_mei_is_the_synthesised_one(train_images):
@@ -545,7 +564,12 @@ def test_many_units_meis_in_one_batch_are_each_units_own(train_images):
         one = generate_mei(UnitModel(pop, row), imgs, cfg)
         assert pixel_correlation(res.mei, one.mei) >= 0.999
         assert res.response == pytest.approx(one.response, rel=1e-4)
-        assert res.best == one.best and res.c_star == one.c_star and res.mean == one.mean
+        assert res.c_star == one.c_star and res.mean == one.mean
+        # the kept start is the same one, unless two starts ended at the same response (then
+        # which of them is kept is float rounding; the MEIs agree either way, above)
+        tied = abs(one.starts[0].final_response - one.starts[1].final_response) \
+            <= 1e-4 * abs(one.response)
+        assert res.best == one.best or tied
         for a, b in zip(res.steps_run, one.steps_run, strict=True):
             assert abs(a - b) <= 2  # a borderline stop may move by float rounding
     assert seen[0] == 6 and len(seen) == max(max(r.steps_run) for r in many) + 1

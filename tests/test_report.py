@@ -64,6 +64,9 @@ def test_end_to_end(tiny_run):
     for uid in summary["unit_id"]:  # the DEIs' similarity to the MEI, also inside the RF mask
         comp = json.loads((sdir / str(uid) / "comparison.json").read_text())
         assert -1 <= comp["dei_median_mei_corr_rf"] <= 1
+        # the natural images' own contrast inside the same RF mask, beside the MEI's
+        assert 0 < comp["natural_rf_contrast_median"] <= comp["natural_rf_contrast_p90"] < 0.5
+        assert comp["mei_contrast"] > 0
     notebooks = [r for r in res.results if r.notebook]  # the study's pieces have none
     assert {r.stage for r in notebooks} == stages
     for r in notebooks:  # every notebook executed without an error output

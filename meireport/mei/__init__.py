@@ -58,6 +58,7 @@ from meireport.mei.rf import rf_map, rf_mask
 from meireport.mei.synthesis import (
     DEFAULT_CONTRAST,
     METHODS,
+    STEP_CONTRAST,
     MEIConfig,
     MEIResult,
     StartResult,
@@ -131,6 +132,7 @@ __all__ = [
     "rf_mask",
     "METHODS",
     "DEFAULT_CONTRAST",
+    "STEP_CONTRAST",
     "footing",
     "fourier_filter",
     "gabor_conditions",

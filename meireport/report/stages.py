@@ -852,6 +852,7 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
                     c_star: float) -> None:
     from meireport.mei import (
         best_phase_image,
+        contrast,
         describe,
         equalize,
         gabor_search,
@@ -878,6 +879,10 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
     natural = equalize(load_npz(sdir / "images.npz")["images"].astype(np.float64), mean, c_star)
     mask = rf_mask(model, natural, radius=gp.mask_radius)
     dm, ds, dg = (describe(x, geometry, mask=mask) for x in eq)
+    # the natural images' own contrast inside that mask, as the model was trained on them: an
+    # MEI far above it is a stimulus the model extrapolates to
+    raw = np.asarray([contrast(x, mask) for x in
+                      load_npz(sdir / "images.npz")["images"].astype(np.float64)])
     values = {
         "rf_mask_row": mask.centre[0], "rf_mask_col": mask.centre[1],
         "rf_mask_radius": mask.radius,
@@ -888,6 +893,8 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
         "session_gabor_orientation_deg": sg.orientation_deg,
         "session_gabor_phase": sg_phase,
         "mei_luminance": dm["luminance"], "mei_contrast": dm["contrast"],
+        "natural_rf_contrast_median": float(np.median(raw)),
+        "natural_rf_contrast_p90": float(np.percentile(raw, 90)),
         "gabor_luminance": dg["luminance"], "gabor_contrast": dg["contrast"],
         "mei_si1": dm["si1"], "mei_si2": dm["si2"], "gabor_si1": dg["si1"], "gabor_si2": dg["si2"],
         "mei_orientation_deg": dm["orientation_deg"],
