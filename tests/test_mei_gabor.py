@@ -305,3 +305,25 @@ def test_search_input_checks():
     with pytest.raises(MeireportError, match="batch_size"):
         GaborSearchConfig(batch_size=0)
     assert GaborSearchConfig().batch_size is None  # 32 on the CPU, 512 on a GPU
+
+
+@pytest.mark.parametrize("sf", [0.06, 0.12])
+def test_fit_gabor_reads_a_gabors_frequency_where_the_spectrum_peak_is_pulled_down(sf):
+    """A Gabor fit gives a Gabor's SF (10 %) and orientation (5 deg), also with a faint broad
+    blob added (a tenth of the Gabor's amplitude), which pulls the power spectrum's peak far
+    below it: the MEI-vs-Gabor page's fitted SF against its spectral peak."""
+    from meireport.mei import fit_gabor, peak_frequency
+
+    gabor = render_gabor(GEOM, 25.0, -8.0, 120.0, sf, 30.0, phase=0.5, contrast=0.6) - 0.5
+    rows, cols = np.mgrid[: GEOM.shape[0], : GEOM.shape[1]]
+    blob = 0.1 * np.abs(gabor).max() * np.exp(-((rows - 30) ** 2 + (cols - 60) ** 2) / 450)
+    cfg = GaborSearchConfig(position_step_deg=20.0, refine_iters=20)
+    for img, clean in ((0.5 + gabor, True), (0.5 + gabor + blob, False)):
+        fit = fit_gabor(img, GEOM, mean=float(img.mean()), std=float(img.std()), config=cfg)
+        assert fit.params["sf_cpd"] == pytest.approx(sf, rel=0.1)
+        assert circ_diff(fit.params["orientation_deg"], 120.0) <= 5
+        assert fit.response > (0.99 if clean else 0.85)  # its pixel correlation with the image
+        peak = peak_frequency(img, GEOM)["cycles_per_deg"]
+        assert abs(peak / sf - 1) <= 0.1 if clean else peak < 0.5 * sf
+    with pytest.raises(MeireportError, match="image: expected"):
+        fit_gabor(np.full(GEOM.shape, 0.5), GEOM, mean=0.5, std=0.1)

@@ -855,6 +855,7 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
         contrast,
         describe,
         equalize,
+        fit_gabor,
         gabor_search,
         pixel_correlation,
         predict,
@@ -883,6 +884,8 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
     # MEI far above it is a stimulus the model extrapolates to
     raw = np.asarray([contrast(x, mask) for x in
                       load_npz(sdir / "images.npz")["images"].astype(np.float64)])
+    # the MEI's spatial frequency and orientation where its pattern is: its best-fitting Gabor
+    fit = fit_gabor(eq[0], geometry, mean=mean, std=c_star, config=gp.search_config())
     values = {
         "rf_mask_row": mask.centre[0], "rf_mask_col": mask.centre[1],
         "rf_mask_radius": mask.radius,
@@ -900,6 +903,8 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
         "mei_orientation_deg": dm["orientation_deg"],
         "gabor_orientation_deg": dg["orientation_deg"],
         "mei_peak_sf_cpd": dm["peak_sf_cpd"], "gabor_peak_sf_cpd": dg["peak_sf_cpd"],
+        "mei_fit_sf_cpd": fit.params["sf_cpd"], "mei_fit_orientation_deg":
+        fit.params["orientation_deg"], "mei_fit_corr": fit.response,
         "mei_gabor_corr": pixel_correlation(eq[0], eq[2]),
     }
     if (out / "deis.npz").is_file():
