@@ -83,8 +83,9 @@ METHODS = ("constrained", "seed")
 # is 0.12-0.17, inside that range, and the MEI matches the truth better (the chapter's 118-image
 # CNNs: median 0.73 / 0.50 simple / complex, against 0.64 / 0.49 at 0.06). The simulated units'
 # true optima keep their pattern at any contrast (each kind's drive is homogeneous of degree 1 in
-# the image's deviation from grey) and clip no pixel at 0.03 (0.2-0.9 % at 0.06, 6.7-10 % at the
-# training images' c* 0.167, where a localised optimum is forced into a binary blotch).
+# the image's deviation from grey) and clip at most 0.2 % of their pixels at 0.03 (1.3 % at 0.06,
+# 6.7-10 % at the training images' c* 0.167, where a localised optimum is forced into a binary
+# blotch).
 DEFAULT_CONTRAST = 0.03
 # The set contrast at which the constrained loop's ``step_size`` is the RMS pixel change of a step
 # (where the loop was calibrated); at another contrast the step scales with it. Unscaled, a step
