@@ -139,6 +139,20 @@ def test_the_pooled_axis_judges_a_shared_core_on_the_per_neuron_units(tiny):
     assert table.loc["per-neuron CNN", "MEI vs truth simple"] == pytest.approx(
         per.loc[simple].median())
     assert "per-neuron CNN" in limits.pooled_verdict(table)
+    # the trust label on the shared core's MEIs: the same rule, the shared model's own figures
+    # beside the unit's selection figures
+    from meireport.trust import TrustThresholds, assess
+
+    th = TrustThresholds()
+    for r in pooled.to_dict("records"):
+        assert r["selection_stability"] == units.set_index("unit_id").loc[
+            r["unit_id"], "selection_stability"]
+        assert r["test_corr_ci_low"] <= r["test_corr"] <= r["test_corr_ci_high"]
+        assert r["trust"] == assess(r, th).label
+    sep, auc = limits.pooled_trust(pooled)
+    assert sep.index.get_level_values(0).unique().tolist() == [12]
+    assert sep["units"].sum() == len(pooled)
+    assert "frac_oracle" in auc and "test_corr_ci_low" in auc
 
 
 def test_a_second_run_reads_the_store_and_writes_only_its_tables(tiny, cache, calls, tmp_path):

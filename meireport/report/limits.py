@@ -79,6 +79,7 @@ __all__ = [
     "pooled_piece",
     "pooled_table",
     "pooled_verdict",
+    "pooled_trust",
     "plan_tasks",
     "piece_cost",
     "piece_order",
@@ -762,6 +763,8 @@ def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
             m = fit.metrics.loc[u]
             units.append({"unit_id": int(u), "true_kind": str(m["true_kind"]),
                           "true_corr": float(m["true_corr"]), "test_corr": float(m["test_corr"]),
+                          "test_corr_ci_low": float(m["test_corr_ci_low"]),
+                          "test_corr_ci_high": float(m["test_corr_ci_high"]),
                           "frac_oracle": float(m["frac_oracle"]),
                           **_mei_values(fit, u, x0["data"], x0["truth"], sg, cfg, result=res)})
         kinds = fit.metrics["true_kind"].astype(str)
@@ -931,8 +934,8 @@ def _ensure(task: CallTask) -> str:
 
 def _assemble(cfg: LimitsParams, keys: dict[str, str], store: Store,
               trust: dict | None) -> dict[str, pd.DataFrame]:
-    """The three tables from the pieces' entries; the trust label applied here (never stored)."""
-    from meireport.trust import TrustThresholds, assess
+    """The tables from the pieces' entries; the trust label applied here (never stored)."""
+    from meireport.trust import TrustThresholds
 
     sessions, units, models = [], [], []
     for n in cfg.n_images:
@@ -960,14 +963,25 @@ def _assemble(cfg: LimitsParams, keys: dict[str, str], store: Store,
         m.insert(0, "n_images", n)
         m["true_kind"] = [kinds[int(u)] for u in m["unit_id"]] if len(m) else []
         models.append(m)
-    units = pd.DataFrame(units)
-    th = TrustThresholds.from_params(trust)
-    labels = [assess(r, th) for r in units.to_dict("records")]
-    units["trust"] = [t.label for t in labels]
-    units["trust_reasons"] = ["; ".join(t.reasons) for t in labels]
+    units = _label(pd.DataFrame(units), TrustThresholds.from_params(trust))
+    pooled = _pooled_rows(cfg, keys, store)
+    if len(pooled) and "test_corr_ci_low" in pooled:
+        # the shared model's rows, labelled by the same rule: the unit's selection figures (its
+        # session's, as in the unit pieces) beside the shared model's own fit and MEI
+        sel = units[units["n_images"] == cfg.pooled_at].set_index("unit_id")[
+            ["oracle_corr", "selection_stability", "rf_p_value"]]
+        pooled = _label(pooled.join(sel, on="unit_id"), TrustThresholds.from_params(trust))
     return {"session": pd.DataFrame(sessions), "units": units,
-            "models": pd.concat(models, ignore_index=True), "pooled": _pooled_rows(cfg, keys,
-                                                                                   store)}
+            "models": pd.concat(models, ignore_index=True), "pooled": pooled}
+
+
+def _label(rows: pd.DataFrame, th) -> pd.DataFrame:
+    """``rows`` with the trust label and its reasons (:func:`meireport.trust.assess`)."""
+    from meireport.trust import assess
+
+    labels = [assess(r, th) for r in rows.to_dict("records")]
+    return rows.assign(trust=[t.label for t in labels],
+                       trust_reasons=["; ".join(t.reasons) for t in labels])
 
 
 def _pooled_rows(cfg: LimitsParams, keys: dict[str, str], store: Store) -> pd.DataFrame:
@@ -1224,6 +1238,30 @@ def criterion_auc(units: pd.DataFrame) -> pd.Series:
         out[c] = float((r[y[ok]].sum() - pos * (pos + 1) / 2) / (pos * neg))
     return pd.Series(out, name="AUC")
 
+
+
+def pooled_trust(pooled: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The trust label on the shared models' MEIs: separation per pool size, and criteria AUC.
+
+    The same rule and thresholds as the per-neuron rows (:func:`trust_separation`,
+    :func:`criterion_auc`), over the pooled-units rows (every pool size together for the AUC):
+    whether the label still tells MEIs that match the truth from those that do not when the
+    model is a shared core.
+
+    Examples
+    --------
+    >>> p = pd.DataFrame({"n_pool": [10, 10, 50, 50], "true_kind": ["simple"] * 4,
+    ...                   "mei_rf_corr": [0.9, 0.1, 0.8, 0.2], "trust": ["high", "low"] * 2,
+    ...                   "frac_oracle": [0.9, 0.2, 0.7, 0.3]})
+    >>> sep, auc = pooled_trust(p)
+    >>> sep["median mei_rf_corr"].tolist(), float(auc["frac_oracle"])
+    ([0.9, 0.1, 0.8, 0.2], 1.0)
+    """
+    if "trust" not in pooled or not len(pooled):
+        return pd.DataFrame(), pd.Series(dtype=float, name="AUC")
+    sep = trust_separation(pooled.rename(columns={"n_images": "_n"})
+                           .rename(columns={"n_pool": "n_images"}))
+    return sep.rename_axis(index={"n_images": "pooled units"}), criterion_auc(pooled)
 
 
 def headline(tables: dict[str, pd.DataFrame], n_images: int | None = None) -> str:
