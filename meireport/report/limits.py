@@ -963,14 +963,15 @@ def _assemble(cfg: LimitsParams, keys: dict[str, str], store: Store,
         m.insert(0, "n_images", n)
         m["true_kind"] = [kinds[int(u)] for u in m["unit_id"]] if len(m) else []
         models.append(m)
-    units = _label(pd.DataFrame(units), TrustThresholds.from_params(trust))
+    th = TrustThresholds.from_params(trust)
+    units = _label(pd.DataFrame(units), th)
     pooled = _pooled_rows(cfg, keys, store)
     if len(pooled) and "test_corr_ci_low" in pooled:
         # the shared model's rows, labelled by the same rule: the unit's selection figures (its
         # session's, as in the unit pieces) beside the shared model's own fit and MEI
         sel = units[units["n_images"] == cfg.pooled_at].set_index("unit_id")[
             ["oracle_corr", "selection_stability", "rf_p_value"]]
-        pooled = _label(pooled.join(sel, on="unit_id"), TrustThresholds.from_params(trust))
+        pooled = _label(pooled.join(sel, on="unit_id"), th)
     return {"session": pd.DataFrame(sessions), "units": units,
             "models": pd.concat(models, ignore_index=True), "pooled": pooled}
 
@@ -1191,13 +1192,14 @@ def options_table(models: pd.DataFrame) -> pd.DataFrame:
     return t.loc[order]
 
 
-def trust_separation(units: pd.DataFrame) -> pd.DataFrame:
+def trust_separation(units: pd.DataFrame, by: str = "n_images") -> pd.DataFrame:
     """Median ``mei_rf_corr`` and the share of MEIs matching the truth per size and trust label.
 
-    A label is useful when ``high`` rows have clearly higher values than ``low`` rows.
+    A label is useful when ``high`` rows have clearly higher values than ``low`` rows. ``by``:
+    the column that says the size (the pooled-units rows: ``n_pool``).
     """
     tu = units[units["true_kind"].isin(TUNED)]
-    g = tu.assign(match=tu["mei_rf_corr"] >= MATCH).groupby(["n_images", "trust"])
+    g = tu.assign(match=tu["mei_rf_corr"] >= MATCH).groupby([by, "trust"])
     return pd.DataFrame({"units": g.size(), "median mei_rf_corr": g["mei_rf_corr"].median(),
                          f"share mei_rf_corr >= {MATCH}": g["match"].mean()})
 
@@ -1259,9 +1261,8 @@ def pooled_trust(pooled: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """
     if "trust" not in pooled or not len(pooled):
         return pd.DataFrame(), pd.Series(dtype=float, name="AUC")
-    sep = trust_separation(pooled.rename(columns={"n_images": "_n"})
-                           .rename(columns={"n_pool": "n_images"}))
-    return sep.rename_axis(index={"n_images": "pooled units"}), criterion_auc(pooled)
+    sep = trust_separation(pooled, by="n_pool")
+    return sep.rename_axis(index={"n_pool": "pooled units"}), criterion_auc(pooled)
 
 
 def headline(tables: dict[str, pd.DataFrame], n_images: int | None = None) -> str:

@@ -877,13 +877,12 @@ def _compare_gabors(sdir: Path, out: Path, unit_id: int, gp: GaborParams, dev, m
     pred = predict(model, eq)
     # one mask for every stimulus: the unit's RF (its model's sensitivity over the images in the
     # set), with the fixed radius when gabor.mask_radius is given
-    natural = equalize(load_npz(sdir / "images.npz")["images"].astype(np.float64), mean, c_star)
-    mask = rf_mask(model, natural, radius=gp.mask_radius)
+    images = load_npz(sdir / "images.npz")["images"].astype(np.float64)
+    mask = rf_mask(model, equalize(images, mean, c_star), radius=gp.mask_radius)
     dm, ds, dg = (describe(x, geometry, mask=mask) for x in eq)
     # the natural images' own contrast inside that mask, as the model was trained on them: an
     # MEI far above it is a stimulus the model extrapolates to
-    raw = np.asarray([contrast(x, mask) for x in
-                      load_npz(sdir / "images.npz")["images"].astype(np.float64)])
+    raw = np.asarray([contrast(x, mask) for x in images])
     # the MEI's spatial frequency and orientation where its pattern is: its best-fitting Gabor
     fit = fit_gabor(eq[0], geometry, mean=mean, std=c_star, config=gp.search_config())
     values = {
