@@ -81,6 +81,36 @@ def test_one_core_serves_every_session_and_each_neuron_reads_its_own_readout(sha
             assert (out / "results" / str(s) / str(u) / "mei.npy").is_file()
 
 
+def test_the_reported_neurons_meis_come_from_one_batch_on_the_shared_core(shared_run):
+    from meireport.mei import UnitModel, generate_mei
+    from meireport.report.params import MEIParams
+    from meireport.report.run import SHARED_MEI_TASK_ID
+    from meireport.report.stages import load_mei_result, shared_mei_dir
+
+    _, out, res = shared_run
+    (task,) = [r for r in res.results if r.stage == "shared_mei"]
+    assert task.task_id == SHARED_MEI_TASK_ID and task.status == "ok"
+    p = json.loads((out / "params.json").read_text())
+    shared = out / "results" / "shared" / "model.pt"
+    batch = shared_mei_dir(shared, p["mei"])
+    info = json.loads((batch / "batch.json").read_text())
+    reported = _reported(out)
+    assert info["n_units"] == sum(len(v) for v in reported.values()) and info["seconds"] > 0
+    cfg = MEIParams.from_dict(p["mei"]).config()
+    for s, ids in reported.items():
+        images = load_npz(out / "results" / str(s) / "images.npz")
+        for u in ids:
+            unit = out / "results" / str(s) / str(u)
+            got, _ = load_mei_result(batch / f"{u}.npz", cfg)
+            page, _ = load_mei_result(unit / "mei_starts.npz", cfg)
+            np.testing.assert_array_equal(page.mei, got.mei)  # the page shows the batch's MEI
+            one = load_model(unit / "model.pt")  # the unit's readout, synthesised alone
+            train = images["images"][np.isin(images["frames"], np.asarray(one.split.train))]
+            alone = generate_mei(UnitModel(one.model, 0), train.astype(np.float64), cfg)
+            np.testing.assert_allclose(got.mei, alone.mei, atol=1e-4)
+            assert got.response == pytest.approx(alone.response, rel=1e-4, abs=1e-5)
+
+
 def test_a_rerun_is_cached_and_a_new_floor_refits_the_core(shared_run):
     tmp, out, _ = shared_run
     again = run(_params(tmp), out=out, progress=False)
@@ -92,7 +122,7 @@ def test_a_rerun_is_cached_and_a_new_floor_refits_the_core(shared_run):
     reported = _reported(out)
     assert info["n_units"] == sum(len(v) for v in reported.values()) < before  # reported only
     redone = {r.stage for r in tight.executed}
-    assert {"shared", "train", "mei", "gabor"} <= redone and "extract" not in redone
+    assert {"shared", "shared_mei", "train", "mei", "gabor"} <= redone and "extract" not in redone
 
 
 def test_shared_params_and_pooling_fail_in_one_line():

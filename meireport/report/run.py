@@ -980,6 +980,26 @@ def plan_shared_task(params: Params, run_dir: Path, selected: dict) -> CallTask:
                     deps=tuple(f"{s}/-/select" for s in selected), stage="shared")
 
 
+#: The batch of a shared run's MEIs: once per run, after the shared core's fit.
+SHARED_MEI_TASK_ID = f"{RUN_LEVEL_ID}/-/shared_mei"
+
+
+def plan_shared_mei_task(params: Params, run_dir: Path, selected: dict) -> CallTask:
+    """Every reported neuron's MEI on the shared core, in one batch per session, as a call task.
+
+    :func:`meireport.report.stages.shared_meis_task`; each neuron's MEI task then reads its own
+    MEI from the batch (``selected``: session id -> its reported neurons, None for a failed
+    selection).
+    """
+    d = params.to_json_dict()
+    ok = {str(int(s)): [int(u) for u in units] for s, units in selected.items()
+          if units is not None}
+    return CallTask(SHARED_MEI_TASK_ID, "meireport.report.stages:shared_meis_task",
+                    {"run_dir": str(run_dir), "include": ok, "mei": d["mei"],
+                     "device": params.run.device},
+                    deps=(SHARED_TASK_ID,), stage="shared_mei")
+
+
 def plan_summary_task(params: Params, run_dir: Path, sid: int,
                       session_tasks: list[Task]) -> Task:
     """The session's summary: after every other task of the session, reading what they wrote.
@@ -1012,6 +1032,10 @@ def plan_across_task(params: Params, run_dir: Path, session_ids: list[int],
     return t
 
 
+#: The run-level stages of a shared run (call tasks that unlock the neurons, like a select).
+_RUN_STAGES = ("shared", "shared_mei")
+
+
 def _priority(task) -> int:
     """Which ready task starts first: lower first, then in the order they became ready.
 
@@ -1020,11 +1044,11 @@ def _priority(task) -> int:
     in the order of
     :func:`meireport.report.limits.piece_order` (unlocking pieces, then the costliest).
     """
-    if isinstance(task, CallTask) and task.stage != "shared":  # the shared core: like a select
+    if isinstance(task, CallTask) and task.stage not in _RUN_STAGES:  # the study's pieces
         from meireport.report.limits import piece_order
 
         return 2 + piece_order(task)
-    return 0 if task.stage in ("extract", "select", "shared") else 1
+    return 0 if task.stage in ("extract", "select", *_RUN_STAGES) else 1
 
 
 @contextmanager
@@ -1084,7 +1108,9 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
 
     def expand(res: TaskResult) -> list:
         if res.stage == "shared":
-            return [t for sid in session_ids for t in plan_session_end(sid, res)]
+            bar.total += 1
+            batch = plan_shared_mei_task(params, run_dir, selected)
+            return [batch, *(t for sid in session_ids for t in plan_session_end(sid, res, batch))]
         if res.stage != "select":
             return []
         sid = res.session_id
@@ -1098,7 +1124,8 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
         bar.total += 1  # every session selected: the shared core, then every session's neurons
         return [plan_shared_task(params, run_dir, selected)]
 
-    def plan_session_end(sid: int, shared_res: TaskResult | None = None) -> list:
+    def plan_session_end(sid: int, shared_res: TaskResult | None = None,
+                         batch: CallTask | None = None) -> list:
         new: list[Task] = []
         if selected[sid] is not None:
             new = plan_neuron_tasks(params, run_dir, sid, selected[sid])
@@ -1107,6 +1134,8 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
                 if shared_res is not None and t.stage == "train":  # reads the unit's readout
                     t.inputs["shared:model.pt"] = str(run_dir / "results" / "shared" / "model.pt")
                     t.deps = (*t.deps, shared_res.task_id)
+                if batch is not None and t.stage == "mei":  # reads its MEI from the batch
+                    t.deps = (*t.deps, batch.task_id)
         by_session[sid] += new
         summary = plan_summary_task(params, run_dir, sid, by_session[sid])
         chains = [chain([t for t in new if t.unit_id == u])
@@ -1211,7 +1240,7 @@ def _run_json_problem(data) -> str | None:
     for key, kind in (("params", dict), ("session_ids", list), ("results", list)):
         if not isinstance(data.get(key), kind):
             return f"expected {key!r} to be a{'n object' if kind is dict else ' list'}"
-    stages = {s.name for s in STAGES} | {"shared"}
+    stages = {s.name for s in STAGES} | set(_RUN_STAGES)
     for i, r in enumerate(data["results"]):
         if not isinstance(r, dict) or any(not isinstance(r.get(k), t)
                                           for k, t in _RESULT_KEYS.items()):

@@ -87,6 +87,7 @@ COMPUTE_CODE: dict[str, tuple[str, ...]] = {
                "report/params"),
     "mei": ("mei", "models", "stimuli", "artifacts", "sources/simulate", "report/stages",
             "report/params"),
+    "shared_mei": ("mei", "models", "stimuli", "artifacts", "report/stages", "report/params"),
     "gabor": ("mei", "models", "extract", "stimuli", "artifacts", "sources/simulate",
               "report/stages", "report/params"),
 }
@@ -667,7 +668,10 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
     """Synthesise the unit's MEI on its CNN; write ``mei.npy``, ``mei.json`` and ``trust.json``.
 
     The best natural image is compared at equal footing (:func:`unit_mei`): both rescaled to the
-    training images' mean luminance and mean contrast ``c*``. The trust assessment
+    training images' mean luminance and mean contrast ``c*``. A neuron of a shared run takes
+    the MEI its batch synthesised (:func:`shared_meis_stage`, :func:`batched_mei_file`) and
+    sets it beside the images here, as any other; without that batch it synthesises its own on
+    its readout (the same loop: equal up to float rounding). The trust assessment
     (:func:`trust_stage`, with the ``trust`` params section's thresholds) is added to
     ``mei.json`` as ``trust`` (the label) and ``trust_reasons`` (``"; "``-joined), so that
     ``summary.csv`` carries them. The synthesis is skipped when its inputs (the model, the
@@ -677,13 +681,15 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
     sdir, info, _ = _session(session_dir)
     out = Path(out_dir)
     dev = _device(device)
+    batch = batched_mei_file(sdir, out, unit_id, mei)
     inputs = [out / "model.pt", *_session_inputs(sdir, info, "images.npz")]
+    inputs += [] if batch is None else [batch]
     key = compute_key("mei", inputs, {"unit_id": int(unit_id), "mei": mei, "device": dev.type})
     mp = MEIParams.from_dict(mei)
     outputs = ("mei.npy", "mei_starts.npz") + (("deis.npz",) if mp.deis else ())
     values = cached_values(out, "mei", key, outputs)
     if values is None:
-        values = _synthesise(sdir, out, unit_id, mei, dev)
+        values = _synthesise(sdir, out, unit_id, mei, dev, batch)
         record_compute(out, "mei", key, outputs, values)
     result, best_image = load_mei_result(out / "mei_starts.npz", mp.config())
     assessment = trust_stage(sdir, out_dir, unit_id, values, trust)
@@ -694,13 +700,16 @@ def mei_stage(session_dir, out_dir, unit_id: int, mei: dict, trust: dict | None 
                     assessment, deis)
 
 
-def _synthesise(sdir: Path, out: Path, unit_id: int, mei: dict, dev) -> dict:
+def _synthesise(sdir: Path, out: Path, unit_id: int, mei: dict, dev,
+                batch: Path | None = None) -> dict:
     single_thread_torch()
     _, info, _ = _session(sdir)
     trained, model = _unit_model(out, dev)
     train_imgs, all_imgs = _train_images(sdir, trained)
     mp = MEIParams.from_dict(mei)
-    u = unit_mei(model, train_imgs, all_imgs, mp.config())
+    # a shared run's MEIs are synthesised in one batch for every reported neuron (shared_meis)
+    done = None if batch is None else load_mei_result(batch, mp.config())[0]
+    u = unit_mei(model, train_imgs, all_imgs, mp.config(), result=done)
     values = u.values()
     values["best_image_frame"] = int(load_npz(sdir / "images.npz")["frames"][u.best])
     truth = _truth(info, sdir)
@@ -715,6 +724,114 @@ def _synthesise(sdir: Path, out: Path, unit_id: int, mei: dict, dev) -> dict:
     save_npy(out / "mei.npy", u.mei)
     save_mei_result(out / "mei_starts.npz", u.result, u.stimuli[1 + u.best])
     return values
+
+
+# -------------------------------------------------------------------------------------------
+# a shared run's MEIs: every reported neuron's in one batch per session
+# -------------------------------------------------------------------------------------------
+def shared_mei_dir(shared_model, mei: dict) -> Path:
+    """Where the batch of a shared model's MEIs lives: ``meis/<key>`` beside ``model.pt``.
+
+    The key is that of the model file's contents and the ``mei`` section, so no neuron reads a
+    batch synthesised on another model or with other settings.
+    """
+    f = Path(shared_model)
+    return f.parent / "meis" / content_key("shared_mei", file_sha256(f), dict(mei))[:16]
+
+
+def batched_mei_file(session_dir, out_dir, unit_id: int, mei: dict) -> Path | None:
+    """The unit's MEI as its shared run's batch wrote it (:func:`shared_meis_stage`), or None.
+
+    None for a per-neuron model (``train.json``'s ``model_kind``) and where no batch of the
+    run's shared model with these ``mei`` settings holds the unit.
+    """
+    train = Path(out_dir) / "train.json"
+    if not train.is_file() or load_json(train).get("model_kind") != "shared":
+        return None
+    model = shared_dir(session_dir) / "model.pt"
+    if not model.is_file():
+        return None
+    f = shared_mei_dir(model, mei) / f"{int(unit_id)}.npz"
+    return f if f.is_file() else None
+
+
+def shared_meis_stage(run_dir, include: Mapping, mei: dict, device: str | None = None) -> dict:
+    """Synthesise the MEIs of a shared run's reported neurons, one batch per session.
+
+    Every neuron's starts go through the shared model together
+    (:func:`meireport.mei.generate_meis`: one forward and backward pass per step serves all of
+    them), on the training images of its session (the split of the shared fit). Each
+    ``<unit>.npz`` (:func:`save_mei_result`) and ``batch.json`` (units, seconds) is written to
+    :func:`shared_mei_dir`; each neuron's MEI stage then reads its own
+    (:func:`batched_mei_file`) instead of synthesising it alone. Skipped when its inputs (the
+    model, the images, ``mei``, the units, the device kind) are those of the batch already there.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run folder (``results/shared/model.pt`` written by :func:`shared_stage`).
+    include : mapping
+        Session id -> its reported neurons.
+    mei : dict
+        The ``mei`` params section.
+    device : str, optional
+        The ``run.device`` setting (None: the best available).
+
+    Returns
+    -------
+    dict
+        The contents of ``batch.json``.
+    """
+    return _shared_meis(run_dir, include, mei, device)[0]
+
+
+def shared_meis_task(run_dir, include: Mapping, mei: dict, device: str | None = None) -> str:
+    """:func:`shared_meis_stage` as a task of the run's graph: ``"cached"`` when nothing ran."""
+    from meireport.report.engine import CACHED
+
+    return CACHED if _shared_meis(run_dir, include, mei, device)[1] else "ok"
+
+
+def _shared_meis(run_dir, include, mei, device) -> tuple[dict, bool]:
+    """The batch (see :func:`shared_meis_stage`) and whether it was already there."""
+    import time
+
+    from meireport.mei import generate_meis
+    from meireport.models import load_model
+
+    run_dir = Path(run_dir)
+    model_file = run_dir / "results" / "shared" / "model.pt"
+    out = shared_mei_dir(model_file, mei)
+    units = {int(s): [int(u) for u in v] for s, v in dict(include).items() if v}
+    sdirs = {s: run_dir / "results" / str(s) for s in units}
+    dev = _device(device)
+    key = compute_key("shared_mei", [model_file], {
+        "mei": mei, "units": {str(s): u for s, u in units.items()}, "device": dev.type,
+        "images": {str(s): file_sha256(d / "images.npz") for s, d in sdirs.items()}})
+    outputs = ("batch.json", *(f"{u}.npz" for v in units.values() for u in v))
+    cached = cached_values(out, "shared_mei", key, outputs) is not None
+    if not cached:
+        single_thread_torch()
+        whole = load_model(model_file, device=dev)
+        config = MEIParams.from_dict(mei).config()
+        t0 = time.perf_counter()
+        for s, ids in units.items():
+            missing = sorted(set(ids) - set(whole.unit_ids.tolist()))
+            if missing:
+                raise MeireportError(f"include: units {missing} of session {s} are not units "
+                                     f"of the shared model {model_file}")
+            rows = [int(np.flatnonzero(whole.unit_ids == u)[0]) for u in ids]
+            train_imgs, _ = _train_images(sdirs[s], whole)
+            for u, res in zip(ids, generate_meis(whole.model, rows, train_imgs, config),
+                              strict=True):
+                save_mei_result(out / f"{u}.npz", res)
+        seconds = time.perf_counter() - t0
+        n = sum(len(v) for v in units.values())
+        save_json(out / "batch.json", {"n_units": n, "sessions": sorted(units),
+                                       "seconds": seconds, "seconds_per_unit": seconds / max(n, 1),
+                                       "device": dev.type})
+        record_compute(out, "shared_mei", key, outputs)
+    return load_json(out / "batch.json"), cached
 
 
 # -------------------------------------------------------------------------------------------
@@ -737,8 +854,11 @@ def _flat(obj, prefix: str, arrays: dict, meta: dict) -> None:
             meta[name] = v.item() if isinstance(v, np.generic) else v
 
 
-def save_mei_result(path, result, best_image: np.ndarray) -> Path:
+def save_mei_result(path, result, best_image: np.ndarray | None = None) -> Path:
     """Write an :class:`meireport.mei.MEIResult` (every start, members) and the best image.
+
+    Without ``best_image`` (a batch's MEI, before any image is set beside it), none is stored
+    and :func:`load_mei_result` gives None for it.
 
     Examples
     --------
@@ -757,8 +877,9 @@ def save_mei_result(path, result, best_image: np.ndarray) -> Path:
     arrays: dict = {}
     meta: dict = {}
     _flat(result, "", arrays, meta)
-    return save_npz(path, best_image=np.asarray(best_image), meta=np.array(json.dumps(meta)),
-                    **arrays)
+    if best_image is not None:
+        arrays["best_image"] = np.asarray(best_image)
+    return save_npz(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def _build(cls, prefix: str, arrays: dict, meta: dict, config, children: dict):
@@ -789,7 +910,7 @@ def load_mei_result(path, config):
 
     d = load_npz(path)
     meta = json.loads(str(d.pop("meta")))
-    best = d.pop("best_image")
+    best = d.pop("best_image", None)
     children = {"starts": StartResult, "members": MEIResult}
     return _build(MEIResult, "", d, meta, config, children), best
 
