@@ -351,6 +351,37 @@ def test_population_model_ensemble(default, tmp_path):
     np.testing.assert_array_equal(loaded.predict(data.images[:8]), fit.predict(data.images[:8]))
 
 
+def test_fine_tuning_a_shared_readout_starts_from_it_and_never_ends_worse(default):
+    """``fit_model(start=...)``: a unit's readout of a shared core, fitted further on its own
+    responses. The start is a copy (the shared model is untouched), it competes in early
+    stopping as epoch 0 (a fit that cannot beat it returns it), and the result's validation
+    correlation is never below the start's."""
+    data, ids = default["data"], default["tuned"][:4]
+    shared = fit_model(data, ids, "cnn", CNNConfig(core=TINY_CORE), QUICK,
+                       rf_centres=[default["centres"][u] for u in ids])
+    u = ids[1]
+    sub = shared.subset([u])
+    before = [p.detach().clone() for p in sub.model.parameters()]
+    val = np.isin(data.image_ids, np.asarray(shared.split.val))
+    obs = np.nanmean(data.trials[data.rows([u])[0], val], axis=-1)
+
+    def val_corr(model) -> float:
+        return pearson(model.predict(data.images[val])[:, 0], obs)
+
+    kw = dict(split=shared.split, rf_centres=[default["centres"][u]], start=sub.model)
+    tuned = fit_model(data, [u], "cnn", CNNConfig(core=TINY_CORE),
+                      dataclasses.replace(QUICK, lr=3e-3), **kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, sub.model.parameters(), strict=True))
+    assert val_corr(tuned) >= val_corr(sub) - 1e-6
+    assert tuned.split.val == shared.split.val and tuned.unit_ids.tolist() == [u]
+    frozen = fit_model(data, [u], "cnn", CNNConfig(core=TINY_CORE),
+                       dataclasses.replace(QUICK, lr=1e-12, min_delta=0.5, patience=1), **kw)
+    np.testing.assert_array_equal(frozen.predict(data.images[:8]), sub.predict(data.images[:8]))
+    assert not any(r["best"] for r in frozen.history)  # epoch 0, the start, was kept
+    with pytest.raises(MeireportError, match=r"^start: expected a model of 2 unit\(s\), got 1"):
+        fit_model(data, ids[:2], "cnn", CNNConfig(core=TINY_CORE), QUICK, start=sub.model)
+
+
 def test_mse_loss_and_input_checks(default):
     data, u = default["data"], default["tuned"][0]
     fit = fit_model(data, [u], "ln", LNConfig(), dataclasses.replace(QUICK, loss="mse"),

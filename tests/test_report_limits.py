@@ -124,15 +124,20 @@ def test_the_pooled_axis_judges_a_shared_core_on_the_per_neuron_units(tiny):
     """A shared core on 12 units of two sessions: the modelled units (2 simple, 2 complex of the
     30-image session) are in its pool, with their MEIs on it, beside their per-neuron CNNs."""
     t = tiny[2]
-    pooled, units = t["pooled"], t["units"]
+    both, units = t["pooled"], t["units"]
+    pooled, tuned = both[~both["finetuned"]], both[both["finetuned"]]
     assert pooled["unit_id"].tolist() == units["unit_id"].tolist()  # the same units, in order
-    assert (pooled["n_pool"] == 12).all() and (pooled["sessions"] == 2).all()
+    assert tuned["unit_id"].tolist() == units["unit_id"].tolist()  # each also fine-tuned
+    assert (both["n_pool"] == 12).all() and (both["sessions"] == 2).all()
     assert pooled["true_kind"].tolist() == units["true_kind"].tolist()
     for col in ("true_corr", "mei_rf_corr", "test_corr"):
-        assert pooled[col].between(-1, 1).all()
-    assert (pooled["mei_true_resp"] > 0).all() and (pooled["seconds_per_unit"] > 0).all()
+        assert both[col].between(-1, 1).all()
+    assert (both["mei_true_resp"] > 0).all() and (both["seconds_per_unit"] > 0).all()
+    # a fine-tuned model costs the shared fit's share plus its own fit
+    assert (tuned["seconds_per_unit"].to_numpy() > pooled["seconds_per_unit"].to_numpy()).all()
     table = limits.pooled_table(t)
-    assert table.index.tolist() == ["per-neuron CNN", "shared core, 12 units"]
+    assert table.index.tolist() == ["per-neuron CNN", "shared core, 12 units",
+                                    "shared core, 12 units + fine-tune"]
     assert (table["units"] == 4).all()
     per = units.set_index("unit_id")["mei_rf_corr"]
     simple = units.loc[units["true_kind"] == "simple", "unit_id"]
@@ -144,12 +149,12 @@ def test_the_pooled_axis_judges_a_shared_core_on_the_per_neuron_units(tiny):
     from meireport.trust import TrustThresholds, assess
 
     th = TrustThresholds()
-    for r in pooled.to_dict("records"):
+    for r in both.to_dict("records"):
         assert r["selection_stability"] == units.set_index("unit_id").loc[
             r["unit_id"], "selection_stability"]
         assert r["test_corr_ci_low"] <= r["test_corr"] <= r["test_corr_ci_high"]
         assert r["trust"] == assess(r, th).label
-    sep, auc = limits.pooled_trust(pooled)
+    sep, auc = limits.pooled_trust(both)  # the shared cores' own readouts
     assert sep.index.get_level_values(0).unique().tolist() == [12]
     assert sep["units"].sum() == len(pooled)
     assert "frac_oracle" in auc and "test_corr_ci_low" in auc

@@ -141,3 +141,29 @@ def test_shared_params_and_pooling_fail_in_one_line():
         pool_responses([a, b])
     with pytest.raises(MeireportError, match=r"^unit_ids: \[1\] occur in two sessions"):
         pool_responses([a, ResponseData(a.images, np.ones((1, 4, 2)), [1], np.arange(4))])
+
+
+def test_fine_tuned_neurons_keep_the_shared_core_and_fit_their_own_models(shared_run):
+    """``model.finetune``: the core is the shared fit's (its task is cached: the fine-tune
+    settings are not the core's), each reported neuron's model is its readout fitted further on
+    its own responses, and its MEI is synthesised on that model (no batch on the shared core)."""
+    from meireport.report.stages import batched_mei_file
+
+    tmp, out, _ = shared_run
+    res = run(_params(tmp), out=out, progress=False)  # the default floor's core
+    assert not res.failed, [(r.task_id, r.error) for r in res.failed]
+    tuned = run(_params(tmp, finetune=True), out=out, progress=False)
+    assert not tuned.failed, [(r.task_id, r.error) for r in tuned.failed]
+    stages = {r.stage: r.status for r in tuned.results}
+    assert stages["shared"] == "cached" and "shared_mei" not in stages
+    info = json.loads((out / "results" / "shared" / "shared.json").read_text())
+    p = json.loads((out / "params.json").read_text())
+    for s, ids in _reported(out).items():
+        for u in ids:
+            unit = out / "results" / str(s) / str(u)
+            tj = json.loads((unit / "train.json").read_text())
+            assert tj["model_kind"] == "shared" and tj["finetuned"] is True
+            assert tj["shared_units"] == info["n_units"]
+            assert tj["train_seconds"] > info["seconds_per_unit"]  # its share plus its own fit
+            assert batched_mei_file(unit.parent, unit, u, p["mei"]) is None
+            assert (unit / "mei.npy").is_file()

@@ -105,8 +105,13 @@ def _step_loss(model: nn.Module, t: _Tensors, kind: str, idx: torch.Tensor, loss
     return t.g_weight * _loss(pred, t.g_targets[idx], loss)
 
 
-def _train_one(model: nn.Module, t: _Tensors, cfg: TrainConfig, seed: int, desc: str):
-    """Adam + plateau LR schedule + early stopping on validation correlation; best restored."""
+def _train_one(model: nn.Module, t: _Tensors, cfg: TrainConfig, seed: int, desc: str,
+               keep_start: bool = False):
+    """Adam + plateau LR schedule + early stopping on validation correlation; best restored.
+
+    With ``keep_start`` (fine-tuning trained weights) the starting weights compete as epoch 0:
+    they are kept when no epoch beats their validation correlation.
+    """
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(int(seed))  # CPU generator: index shuffling only
@@ -116,6 +121,8 @@ def _train_one(model: nn.Module, t: _Tensors, cfg: TrainConfig, seed: int, desc:
     )
     best, best_state, since, history = -np.inf, copy.deepcopy(model.state_dict()), 0, []
     best_epoch = 0
+    if keep_start:
+        best = _corr_t(predict_counts(model, t.x_val), t.y_val)
     bar = tqdm(range(1, cfg.max_epochs + 1), desc=desc, disable=not cfg.progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -211,6 +218,7 @@ def fit_model(
     truth=None,
     split: Split | None = None,
     device=None,
+    start: nn.Module | None = None,
 ) -> TrainedModel:
     """Fit an LN or CNN model to some units' natural-scene responses and evaluate it.
 
@@ -243,6 +251,12 @@ def fit_model(
         CPU. Weights are initialised on the CPU from the seed, then moved; batches are shuffled
         on the CPU, so a CPU fit is bit-identical whatever is asked and a GPU fit differs only
         by floating-point rounding.
+    start : Module, optional
+        Trained weights to fit further instead of a new model (a copy is trained; it must
+        model ``len(unit_ids)`` units): e.g. a unit's readout of a shared core
+        (:meth:`TrainedModel.subset`), fine-tuned on that unit's own responses. The start
+        competes in early stopping as epoch 0, so it is returned unchanged when no epoch beats
+        its validation correlation.
 
     Returns
     -------
@@ -279,26 +293,33 @@ def fit_model(
         raise MeireportError(f"data: expected ResponseData, got {type(data).__name__}")
     dev = torch.device("cpu") if device is None else resolve_device(device)
     ids = data.unit_ids if unit_ids is None else np.atleast_1d(np.asarray(unit_ids, np.int64))
+    if start is not None and getattr(start, "n_units", None) != len(ids):
+        raise MeireportError(f"start: expected a model of {len(ids)} unit(s), got "
+                             f"{getattr(start, 'n_units', type(start).__name__)}")
     rows = data.rows(ids)
     centres = _check_centres(rf_centres, len(ids))
     split = make_split(data.image_ids, cfg.val_frac, cfg.test_frac, cfg.split_seed) if (
         split is None
     ) else split
     t = _tensors(data, rows, split, cfg, dev)
-    start = time.perf_counter()
+    t_start = time.perf_counter()
     members, history = [], []
     for k in range(cfg.ensemble):
         seed = cfg.seed + k
         torch.manual_seed(seed)
-        model = _build(kind, model_config, len(ids), centres, data.images.shape[1:])
-        model.init_bias(t.y_train.cpu().mean(dim=0).numpy())
+        if start is None:
+            model = _build(kind, model_config, len(ids), centres, data.images.shape[1:])
+            model.init_bias(t.y_train.cpu().mean(dim=0).numpy())
+        else:
+            model = copy.deepcopy(start)
         model = model.to(dev)
         desc = f"{kind} {ids[0]}" + (f" +{len(ids) - 1}" if len(ids) > 1 else "")
-        rows_k = _train_one(model, t, cfg, seed, desc + (f" [{k}]" if cfg.ensemble > 1 else ""))
+        rows_k = _train_one(model, t, cfg, seed, desc + (f" [{k}]" if cfg.ensemble > 1 else ""),
+                            keep_start=start is not None)
         history += [{"member": k} | r for r in rows_k]
         members.append(model)
     model = members[0] if cfg.ensemble == 1 else Ensemble(members).eval()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - t_start
     metrics, test = evaluate(model, data, ids, split, cfg, oracle=oracle, truth=truth)
     metrics["seconds"] = seconds / len(ids)
     metrics["epochs"] = len(history) / cfg.ensemble

@@ -699,6 +699,30 @@ def pooled_piece(n_pool: int, limits: dict | None = None, model: dict | None = N
     return _outcome(*_pooled(n_pool, limits, model, train, cache))
 
 
+def _fit_values(m: pd.Series) -> dict:
+    """What the pooled rows record of a unit's model metrics."""
+    return {k: float(m[k]) for k in ("true_corr", "test_corr", "test_corr_ci_low",
+                                     "test_corr_ci_high", "frac_oracle")}
+
+
+def _finetuned(fit, unit_id: int, x0: dict, cnn, tr, sg, cfg: LimitsParams, lr: float) -> dict:
+    """The unit's readout of the shared core fitted further on its own responses, and its MEI.
+
+    The report's fine-tune (:func:`meireport.report.stages.fine_tune`, ``model.finetune``);
+    ``seconds``: the shared fit's share per unit plus the unit's own fit.
+    """
+    from meireport.report.stages import fine_tune
+
+    sub = fit.subset([unit_id])
+    sub.seconds = float(fit.seconds) / len(fit.unit_ids)
+    kw = {"train_config": tr, "rf_centres": [x0["centres"][unit_id]], "oracle": x0["oracle"],
+          "truth": x0["truth"], "split": fit.split}
+    tuned = fine_tune(sub, x0["data"], cnn, kw, lr)
+    return {**_fit_values(tuned.metrics.loc[unit_id]), "seconds_per_unit": float(tuned.seconds),
+            "epochs": len(tuned.history),
+            **_mei_values(tuned, unit_id, x0["data"], x0["truth"], sg, cfg)}
+
+
 def _pool_entries(cfg: LimitsParams, cache) -> list[Path]:
     store = _store(cache)
     keys = [_sim(cfg.pooled_at, cfg.model_dump(mode="json"), cache)[0]]
@@ -762,11 +786,9 @@ def _pooled(n_pool: int, limits: dict | None = None, model: dict | None = None,
             sg = session_gabor(session_gabors(x0["sdir"]), u, x0["geometry"])
             m = fit.metrics.loc[u]
             units.append({"unit_id": int(u), "true_kind": str(m["true_kind"]),
-                          "true_corr": float(m["true_corr"]), "test_corr": float(m["test_corr"]),
-                          "test_corr_ci_low": float(m["test_corr_ci_low"]),
-                          "test_corr_ci_high": float(m["test_corr_ci_high"]),
-                          "frac_oracle": float(m["frac_oracle"]),
-                          **_mei_values(fit, u, x0["data"], x0["truth"], sg, cfg, result=res)})
+                          **_fit_values(m),
+                          **_mei_values(fit, u, x0["data"], x0["truth"], sg, cfg, result=res),
+                          "finetuned": _finetuned(fit, u, x0, cnn, tr, sg, cfg, mp.finetune_lr)})
         kinds = fit.metrics["true_kind"].astype(str)
         save_json(d / "pooled.json", {
             "n_pool": len(ids), "requested": int(n_pool), "sessions": len(used),
@@ -993,8 +1015,14 @@ def _pooled_rows(cfg: LimitsParams, keys: dict[str, str], store: Store) -> pd.Da
         head = {"n_images": int(cfg.pooled_at), "n_pool": d["n_pool"],
                 "sessions": d["sessions"], "seconds_per_unit": d["seconds_per_unit"],
                 "fit_seconds": d["fit_seconds"], "epochs": d["epochs"]}
-        rows += [head | u for u in d["units"]]
-    return pd.DataFrame(rows, columns=None if rows else ["n_images", "n_pool", "unit_id"])
+        for u in d["units"]:
+            plain = {k: v for k, v in u.items() if k != "finetuned"}
+            rows.append(head | plain | {"finetuned": False})
+            if u.get("finetuned"):  # the same unit's fine-tuned model: its own figures
+                who = {k: u[k] for k in ("unit_id", "true_kind")}
+                rows.append(head | who | u["finetuned"] | {"finetuned": True})
+    return pd.DataFrame(rows, columns=None if rows else ["n_images", "n_pool", "unit_id",
+                                                         "finetuned"])
 
 
 def limits_stage(out_dir, limits: dict | None, model: dict, train: dict,
@@ -1092,7 +1120,9 @@ def pooled_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     Medians over the modelled tuned units (the same units in every row), per cell kind: the
     model's correlation with the true rate, MEI vs truth; and the share of them for which the
     true neuron fires more for the MEI than for its best natural image / the session Gabor
-    (all in the comparison set); ``s / unit``: training seconds per modelled unit.
+    (all in the comparison set); ``s / unit``: training seconds per modelled unit. Pooled rows
+    with ``finetuned`` (each unit's readout of the core fitted further on its own responses,
+    ``model.finetune``) make a ``+ fine-tune`` row after their pool size's.
 
     Examples
     --------
@@ -1120,8 +1150,13 @@ def pooled_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     cnn = m[(m["n_images"] == n) & (m["variant"] == "CNN")].set_index("unit_id")
     per["true_corr"] = cnn["true_corr"].reindex(per["unit_id"]).to_numpy()
     per["seconds_per_unit"] = cnn["seconds"].reindex(per["unit_id"]).to_numpy()
-    groups = [("per-neuron CNN", per)] + [
-        (f"shared core, {int(k)} units", g) for k, g in pooled.groupby("n_pool", sort=True)]
+    tuned = pooled["finetuned"].astype(bool) if "finetuned" in pooled else pd.Series(
+        False, index=pooled.index)
+    groups = [("per-neuron CNN", per)]
+    for k, g in pooled.groupby("n_pool", sort=True):
+        groups.append((f"shared core, {int(k)} units", g[~tuned.loc[g.index]]))
+        if tuned.loc[g.index].any():
+            groups.append((f"shared core, {int(k)} units + fine-tune", g[tuned.loc[g.index]]))
     rows = {}
     for name, g in groups:
         g = g[g["true_kind"].isin(TUNED)]
@@ -1142,33 +1177,53 @@ def pooled_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def pooled_verdict(table: pd.DataFrame) -> str:
-    """Which model the pooled-units axis favours, in one sentence (the report's default).
+    """Which model the pooled-units axis favours, in a sentence per model.
 
-    The largest pool against the per-neuron CNN on the median MEI vs truth of both kinds.
+    The largest pool (plain, and fine-tuned where computed) against the per-neuron CNN on the
+    median MEI vs truth of both kinds; the default is the cheapest model that beats the
+    per-neuron CNN on both (per-neuron, then the shared core, then the fine-tuned one).
 
     Examples
     --------
-    >>> t = pd.DataFrame({"MEI vs truth simple": [0.8, 0.7], "MEI vs truth complex": [0.6, 0.7]},
-    ...                  index=["per-neuron CNN", "shared core, 500 units"])
+    >>> t = pd.DataFrame({"MEI vs truth simple": [0.8, 0.7, 0.85],
+    ...                   "MEI vs truth complex": [0.6, 0.7, 0.75]},
+    ...                  index=["per-neuron CNN", "shared core, 500 units",
+    ...                         "shared core, 500 units + fine-tune"])
     >>> print(pooled_verdict(t))  # doctest: +NORMALIZE_WHITESPACE
     A shared core on 500 units neither beats nor loses to the per-neuron CNN on MEI vs truth:
-    median 0.70 / 0.70 (simple / complex) against 0.80 / 0.60. On this evidence the report's
-    default is `model.kind: per_neuron` (the shared core must beat it on both kinds).
+    median 0.70 / 0.70 (simple / complex) against 0.80 / 0.60. Fine-tuned on each unit's own
+    responses, it beats it: 0.85 / 0.75. This evidence favours `model.kind: shared` with
+    `model.finetune: true` (the cheapest model that beats the per-neuron CNN on both kinds).
     """
     if table.empty:
         return "The pooled-units axis was not computed in this run (`limits.pooled_units`)."
     cols = [f"MEI vs truth {k}" for k in TUNED]
-    per, big = table.loc["per-neuron CNN", cols], table.iloc[-1][cols]
-    better = (big > per).all()
-    worse = (big < per).all()
-    what = ("beats" if better else "loses to" if worse else "neither beats nor loses to")
-    default = "shared" if better else "per_neuron"
-    name = str(table.index[-1]).replace("shared core, ", "A shared core on ")
-    return (f"{name} {what} the per-neuron CNN on MEI vs truth: median "
-            f"{big.iloc[0]:.2f} / {big.iloc[1]:.2f} (simple / complex) against "
-            f"{per.iloc[0]:.2f} / {per.iloc[1]:.2f}. On this evidence the report's default is "
-            f"`model.kind: {default}`" + ("." if better else
-                                          " (the shared core must beat it on both kinds)."))
+    per = table.loc["per-neuron CNN", cols]
+    shared = [r for r in table.index if r.startswith("shared core, ")]
+    size = shared[-1].removeprefix("shared core, ").removesuffix(" + fine-tune")
+    plain = table.loc[f"shared core, {size}", cols]
+    ft_name = f"shared core, {size} + fine-tune"
+    ft = table.loc[ft_name, cols] if ft_name in table.index else None
+
+    def what(row) -> str:
+        return ("beats" if (row > per).all() else "loses to" if (row < per).all()
+                else "neither beats nor loses to")
+
+    text = (f"A shared core on {size} {what(plain)} the per-neuron CNN on MEI vs truth: median "
+            f"{plain.iloc[0]:.2f} / {plain.iloc[1]:.2f} (simple / complex) against "
+            f"{per.iloc[0]:.2f} / {per.iloc[1]:.2f}.")
+    if ft is not None:
+        text += (f" Fine-tuned on each unit's own responses, it {what(ft)} it: "
+                 f"{ft.iloc[0]:.2f} / {ft.iloc[1]:.2f}.")
+    if (plain > per).all():
+        default = "`model.kind: shared`"
+    elif ft is not None and (ft > per).all():
+        default = "`model.kind: shared` with `model.finetune: true`"
+    else:
+        return text + (" This evidence favours `model.kind: per_neuron` (a shared model must "
+                       "beat it on both kinds).")
+    return text + (f" This evidence favours {default} (the cheapest model that beats the "
+                   "per-neuron CNN on both kinds).")
 
 
 def options_table(models: pd.DataFrame) -> pd.DataFrame:
@@ -1261,6 +1316,8 @@ def pooled_trust(pooled: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """
     if "trust" not in pooled or not len(pooled):
         return pd.DataFrame(), pd.Series(dtype=float, name="AUC")
+    if "finetuned" in pooled:  # the shared cores' own readouts (a fine-tuned model is a unit's)
+        pooled = pooled[~pooled["finetuned"].astype(bool)]
     sep = trust_separation(pooled, by="n_pool")
     return sep.rename_axis(index={"n_pool": "pooled units"}), criterion_auc(pooled)
 

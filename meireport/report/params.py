@@ -470,6 +470,19 @@ class ModelParams(_LibrarySection):
     shared_floor: float = Field(
         0.2, ge=-1, le=1, description="shared only: the oracle correlation a unit needs to "
         "join the shared core's fit (a loose reliability floor, far below the selection's)")
+    finetune: bool = Field(
+        False, description="shared only: each reported neuron's model starts from the shared "
+        "core and its readout and is fitted further on the neuron's own responses (early "
+        "stopping on its validation images; the shared model is kept where no epoch beats it)")
+    finetune_lr: float = Field(
+        3e-3, gt=0, description="shared with finetune only: the learning rate of that fit")
+
+    @model_validator(mode="after")
+    def _finetune_shared(self) -> ModelParams:
+        if self.finetune and self.kind != "shared":
+            raise ValueError("finetune: fine-tunes a shared core's readouts; it needs "
+                             f"model.kind: shared, got kind {self.kind!r}")
+        return self
 
     @field_validator("readout", mode="before")
     @classmethod

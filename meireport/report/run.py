@@ -1108,9 +1108,12 @@ def execute_run(folder: RunFolder, params: Params, workers: int | None = None,
 
     def expand(res: TaskResult) -> list:
         if res.stage == "shared":
-            bar.total += 1
-            batch = plan_shared_mei_task(params, run_dir, selected)
-            return [batch, *(t for sid in session_ids for t in plan_session_end(sid, res, batch))]
+            # fine-tuned neurons each have a model of their own: no batch on the shared core
+            batch = None if params.model.finetune else plan_shared_mei_task(
+                params, run_dir, selected)
+            bar.total += batch is not None
+            ends = [t for sid in session_ids for t in plan_session_end(sid, res, batch)]
+            return ([batch] if batch is not None else []) + ends
         if res.stage != "select":
             return []
         sid = res.session_id

@@ -302,6 +302,8 @@ def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev
                                  "every reported neuron into the shared fit)")
         cnn = whole.subset([int(unit_id)])
         cnn.seconds = float(whole.seconds) / len(whole.unit_ids)  # the fit's cost per unit
+        if mp.finetune:  # then fitted further on the unit's own responses
+            cnn = fine_tune(cnn, data, cnn_cfg, kw | {"split": whole.split}, mp.finetune_lr)
     else:
         cnn = fit_model(data, [int(unit_id)], "cnn", cnn_cfg, **kw)
     ln = fit_model(data, [int(unit_id)], "ln", ln_cfg, **kw)
@@ -320,13 +322,32 @@ def _fit_unit(sdir: Path, out: Path, unit_id: int, model: dict, train: dict, dev
         "train_seconds": float(cnn.seconds), "train_seconds_ln": float(ln.seconds),
         "rf_centre_px": list(centre) if centre else None,
         "crop_px": mp.crop_size,  # null when the unit has no mapped RF to crop around
-        "model_kind": mp.kind,
+        "model_kind": mp.kind, "finetuned": bool(shared and mp.finetune),
         "shared_units": int(cnn.extra.get("shared_units", 1)),
         "shared_sessions": int(len(cnn.extra.get("sessions", [info["session_id"]]))),
     }
     if "true_corr" in cnn.metrics:
         values |= {"true_corr": float(m["true_corr"]), "true_corr_ln": float(mln["true_corr"])}
     save_json(out / "train.json", values)
+
+
+def fine_tune(sub, data, cnn_cfg, kw: dict, lr: float):
+    """A unit's readout of a shared core (``sub``) fitted further on its own responses.
+
+    The whole model (core and readout) is trained from those weights at learning rate ``lr``
+    with the run's other training settings, on the shared fit's split; the shared model is kept
+    where no epoch beats its validation correlation. ``seconds``: the shared fit's share plus
+    this fit's own.
+    """
+    from dataclasses import replace
+
+    from meireport.models import fit_model
+
+    kw = kw | {"train_config": replace(kw["train_config"], lr=float(lr))}
+    tuned = fit_model(data, list(sub.unit_ids), "cnn", cnn_cfg, start=sub.model, **kw)
+    tuned.seconds = float(sub.seconds) + float(tuned.seconds)
+    tuned.extra.update(sub.extra | {"finetuned": True})
+    return tuned
 
 
 def shared_dir(session_dir) -> Path:
@@ -382,6 +403,10 @@ def shared_task(run_dir, session_ids, model: dict, train: dict, include: Mapping
     return CACHED if _shared_fit(run_dir, session_ids, model, train, include, device)[1] else "ok"
 
 
+#: ``model`` fields the shared fit does not read (each neuron's fine-tune does).
+_PER_NEURON_ONLY = ("finetune", "finetune_lr")
+
+
 def _shared_fit(run_dir, session_ids, model, train, include, device) -> tuple[dict, bool]:
     """The shared fit (see :func:`shared_stage`) and whether it was already there."""
     from meireport.models import TrainConfig, save_checkpoint
@@ -398,7 +423,8 @@ def _shared_fit(run_dir, session_ids, model, train, include, device) -> tuple[di
     digests = {str(s): {p.name: file_sha256(p) for p in _session_inputs(d, _session(d)[1], *names)}
                for s, d in zip(session_ids, sdirs, strict=True)}
     dev = _device(device)
-    settings = {"model": model, "train": train, "device": dev.type, "inputs": digests,
+    core = {k: v for k, v in dict(model).items() if k not in _PER_NEURON_ONLY}
+    settings = {"model": core, "train": train, "device": dev.type, "inputs": digests,
                 "units": [p.to_dict(orient="list") for p in pools]}
     key = compute_key("shared", [], settings)
     outputs = ("model.pt", "shared.json", "shared_units.csv")
@@ -742,11 +768,12 @@ def shared_mei_dir(shared_model, mei: dict) -> Path:
 def batched_mei_file(session_dir, out_dir, unit_id: int, mei: dict) -> Path | None:
     """The unit's MEI as its shared run's batch wrote it (:func:`shared_meis_stage`), or None.
 
-    None for a per-neuron model (``train.json``'s ``model_kind``) and where no batch of the
-    run's shared model with these ``mei`` settings holds the unit.
+    None for a per-neuron or fine-tuned model (``train.json``'s ``model_kind``, ``finetuned``)
+    and where no batch of the run's shared model with these ``mei`` settings holds the unit.
     """
     train = Path(out_dir) / "train.json"
-    if not train.is_file() or load_json(train).get("model_kind") != "shared":
+    tj = load_json(train) if train.is_file() else {}
+    if tj.get("model_kind") != "shared" or tj.get("finetuned"):  # a model of its own
         return None
     model = shared_dir(session_dir) / "model.pt"
     if not model.is_file():
