@@ -80,7 +80,6 @@ def benefit_118(tmp_path_factory, one_torch_thread):
 
     cache = str(tmp_path_factory.mktemp("pool118_cache"))
     cfg = LimitsParams(n_images=[118], n_repeats=50, pooled_units=[200], pool_sessions=2)
-    study = cfg.model_dump(mode="json")
     entries = limits._pool_entries(cfg, cache)  # the 118-image session and two more
     x = limits._fit_inputs(entries[0], limits._measures(entries[0])["unit_id"].tolist())
     truth, data = x["truth"], x["data"]
@@ -97,7 +96,7 @@ def benefit_118(tmp_path_factory, one_torch_thread):
     fit, pool = fit_pooled([e / "session" for e, _ in used], ids, shared_cfg, tr,
                            [rf_centre(meas.loc[u]) for u in ids],
                            meas["oracle_corr"].astype(float).to_dict())
-    mei_cfg = limits._mei_config(LimitsParams.from_dict(study))
+    mei_cfg = limits._mei_config(cfg)
     imgs = data.images.astype(np.float64)
     train = imgs[np.isin(data.image_ids, np.asarray(fit.split.train))]
     rows = [int(np.flatnonzero(fit.unit_ids == u)[0]) for u in probes]

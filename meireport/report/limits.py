@@ -1150,13 +1150,12 @@ def pooled_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     cnn = m[(m["n_images"] == n) & (m["variant"] == "CNN")].set_index("unit_id")
     per["true_corr"] = cnn["true_corr"].reindex(per["unit_id"]).to_numpy()
     per["seconds_per_unit"] = cnn["seconds"].reindex(per["unit_id"]).to_numpy()
-    tuned = pooled["finetuned"].astype(bool) if "finetuned" in pooled else pd.Series(
-        False, index=pooled.index)
+    tuned = pooled["finetuned"].astype(bool) if "finetuned" in pooled else False
     groups = [("per-neuron CNN", per)]
-    for k, g in pooled.groupby("n_pool", sort=True):
-        groups.append((f"shared core, {int(k)} units", g[~tuned.loc[g.index]]))
-        if tuned.loc[g.index].any():
-            groups.append((f"shared core, {int(k)} units + fine-tune", g[tuned.loc[g.index]]))
+    for k, g in pooled.assign(finetuned=tuned).groupby("n_pool", sort=True):
+        groups.append((f"shared core, {int(k)} units", g[~g["finetuned"]]))
+        if g["finetuned"].any():
+            groups.append((f"shared core, {int(k)} units + fine-tune", g[g["finetuned"]]))
     rows = {}
     for name, g in groups:
         g = g[g["true_kind"].isin(TUNED)]
